@@ -1,0 +1,71 @@
+// Module entry: registers the native classes and a few process-level functions.
+#include <ATen/Parallel.h>
+#include <ATen/detail/CUDAHooksInterface.h>
+#include <napi.h>
+#include <torch/version.h>
+
+#include "binding/objects.h"
+#include "binding/worker.h"
+
+namespace peft_node::binding {
+
+namespace {
+
+Napi::Value ManualSeed(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    int64_t seed = int_arg(info[0], "seed");
+    if (seed < 0) fail(codes::kInvalidInput, "seed must be a non-negative integer");
+    manual_seed(static_cast<uint64_t>(seed));
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value SetNumThreads(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    int64_t n = int_arg(info[0], "threads");
+    if (n < 1) fail(codes::kInvalidInput, "threads must be >= 1");
+    at::set_num_threads(static_cast<int>(n));
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value Info(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("torchVersion", TORCH_VERSION);
+    const auto& hooks = at::detail::getCUDAHooks();
+    const bool cuda = hooks.hasCUDA();
+    o.Set("cudaAvailable", cuda);
+    o.Set("cudaDeviceCount", cuda ? static_cast<double>(hooks.deviceCount()) : 0.0);
+#ifdef PEFT_NODE_WITH_CUDA
+    o.Set("builtWithCuda", true);
+#else
+    o.Set("builtWithCuda", false);
+#endif
+    o.Set("numThreads", at::get_num_threads());
+    o.Set("parallelInfo", at::get_parallel_info());
+    return o;
+  });
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  auto* data = new AddonData();
+  data->model_ctor = Napi::Persistent(BloomModelWrap::Define(env));
+  data->encoder_ctor = Napi::Persistent(PrefixEncoderWrap::Define(env));
+  env.SetInstanceData<AddonData>(data);
+  exports.Set("BloomModel", data->model_ctor.Value());
+  exports.Set("PrefixEncoder", data->encoder_ctor.Value());
+  exports.Set("manualSeed", Napi::Function::New(env, ManualSeed, "manualSeed"));
+  exports.Set("setNumThreads", Napi::Function::New(env, SetNumThreads, "setNumThreads"));
+  exports.Set("info", Napi::Function::New(env, Info, "info"));
+  return exports;
+}
+
+}  // namespace
+
+}  // namespace peft_node::binding
+
+// NODE_API_MODULE pastes the function name into an identifier, so it needs an unqualified name.
+static Napi::Object InitPeftNode(Napi::Env env, Napi::Object exports) { return peft_node::binding::Init(env, exports); }
+NODE_API_MODULE(peft_node, InitPeftNode)

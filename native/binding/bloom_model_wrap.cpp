@@ -1,0 +1,263 @@
+// JS class BloomModel: load / forward (+backward) / parameters. Heavy work runs in PromiseWorkers under the model's
+// mutex; the JS thread only copies inputs and outputs.
+#include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
+
+#include "binding/objects.h"
+#include "binding/worker.h"
+
+namespace peft_node::binding {
+
+namespace {
+
+BloomModel& live(const std::shared_ptr<ModelState>& s) {
+  if (!s->model) fail(codes::kDisposed, "this model was disposed");
+  return *s->model;
+}
+
+Napi::Object config_object(Napi::Env env, const BloomConfig& c) {
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("model_type", c.model_type);
+  o.Set("vocab_size", static_cast<double>(c.vocab_size));
+  o.Set("hidden_size", static_cast<double>(c.hidden_size));
+  o.Set("n_layer", static_cast<double>(c.n_layer));
+  o.Set("n_head", static_cast<double>(c.n_head));
+  o.Set("layer_norm_epsilon", c.layer_norm_epsilon);
+  o.Set("apply_residual_connection_post_layernorm", c.apply_residual_connection_post_layernorm);
+  o.Set("tie_word_embeddings", c.tie_word_embeddings);
+  return o;
+}
+
+const at::Tensor& find_param(const BloomModel& m, const std::string& name) {
+  for (const auto& [n, t] : m.named_parameters())
+    if (n == name) return t;
+  fail(codes::kInvalidInput, "the model has no parameter '" + name + "'");
+}
+
+}  // namespace
+
+Napi::Function BloomModelWrap::Define(Napi::Env env) {
+  return DefineClass(env, "BloomModel",
+                     {StaticMethod<&BloomModelWrap::Load>("load"),
+                      InstanceMethod<&BloomModelWrap::Config>("config"),
+                      InstanceMethod<&BloomModelWrap::ParameterInfo>("parameterInfo"),
+                      InstanceMethod<&BloomModelWrap::GetParameter>("getParameter"),
+                      InstanceMethod<&BloomModelWrap::SetParameter>("setParameter"),
+                      InstanceMethod<&BloomModelWrap::Forward>("forward"),
+                      InstanceMethod<&BloomModelWrap::Dispose>("dispose"),
+                      InstanceMethod<&BloomModelWrap::IsDisposed>("isDisposed")});
+}
+
+BloomModelWrap::BloomModelWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<BloomModelWrap>(info) {
+  if (info.Length() != 1 || !info[0].IsExternal())
+    throw make_error(info.Env(), codes::kInvalidInput, "BloomModel cannot be constructed directly; use BloomModel.load()");
+  state_ = *info[0].As<Napi::External<std::shared_ptr<ModelState>>>().Data();
+}
+
+Napi::Value BloomModelWrap::Load(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    std::string dir = string_arg(info[0], "model directory");
+    std::string device_name = string_arg(info[1], "device");
+    std::string dtype_name_ = string_arg(info[2], "dtype");
+    auto state = std::make_shared<ModelState>();
+    return PromiseWorker::start(
+        env, "peft_node.BloomModel.load",
+        [=] {
+          c10::Device device = parse_device(device_name);
+          at::ScalarType dtype = parse_dtype(dtype_name_);
+          std::lock_guard<std::mutex> lock(state->mu);
+          state->model = BloomModel::from_pretrained(dir, device, dtype);
+        },
+        [state](Napi::Env env) -> Napi::Value {
+          auto* holder = new std::shared_ptr<ModelState>(state);
+          auto ext = Napi::External<std::shared_ptr<ModelState>>::New(
+              env, holder, [](Napi::Env, std::shared_ptr<ModelState>* p) { delete p; });
+          return env.GetInstanceData<AddonData>()->model_ctor.New({ext});
+        });
+  });
+}
+
+Napi::Value BloomModelWrap::Config(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    BloomModel& m = live(state_);
+    Napi::Object o = config_object(env, m.config());
+    o.Set("dtype", dtype_name(m.dtype()));
+    o.Set("device", m.device().str());
+    return o;
+  });
+}
+
+Napi::Value BloomModelWrap::ParameterInfo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    BloomModel& m = live(state_);
+    const auto& params = m.named_parameters();
+    Napi::Array out = Napi::Array::New(env, params.size());
+    for (size_t i = 0; i < params.size(); ++i) {
+      Napi::Array row = Napi::Array::New(env, 2);
+      row.Set(0u, params[i].first);
+      row.Set(1u, shape_array(env, params[i].second.sizes()));
+      out.Set(static_cast<uint32_t>(i), row);
+    }
+    return out;
+  });
+}
+
+Napi::Value BloomModelWrap::GetParameter(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    std::string name = string_arg(info[0], "parameter name");
+    auto state = state_;
+    auto result = std::make_shared<at::Tensor>();
+    return PromiseWorker::start(
+        env, "peft_node.BloomModel.getParameter",
+        [=] {
+          std::lock_guard<std::mutex> lock(state->mu);
+          const at::Tensor& t = find_param(live(state), name);
+          *result = t.detach().to(at::kCPU, at::kFloat).contiguous();
+        },
+        [result](Napi::Env env) { return to_typed_array(env, *result); });
+  });
+}
+
+Napi::Value BloomModelWrap::SetParameter(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    std::string name = string_arg(info[0], "parameter name");
+    std::vector<int64_t> shape;
+    {
+      std::lock_guard<std::mutex> lock(state_->mu);
+      for (int64_t d : find_param(live(state_), name).sizes()) shape.push_back(d);
+    }
+    at::Tensor src = float_tensor(info[1], shape, ("value for '" + name + "'").c_str());
+    auto state = state_;
+    return PromiseWorker::start(
+        env, "peft_node.BloomModel.setParameter",
+        [=] {
+          std::lock_guard<std::mutex> lock(state->mu);
+          const at::Tensor& t = find_param(live(state), name);
+          c10::NoGradGuard no_grad;
+          at::Tensor(t).copy_(src);
+        },
+        nullptr);
+  });
+}
+
+Napi::Value BloomModelWrap::Forward(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    if (!info[0].IsObject()) fail(codes::kInvalidInput, "forward() needs an inputs object");
+    Napi::Object in = info[0].As<Napi::Object>();
+    Napi::Object opts = info[1].IsObject() ? info[1].As<Napi::Object>() : Napi::Object::New(env);
+    const int64_t B = int_arg(in.Get("batch"), "batch"), T = int_arg(in.Get("seqLen"), "seqLen");
+    if (B < 1 || T < 1) fail(codes::kInvalidInput, "input_ids must be a non-empty [batch, seq_len] array");
+    ForwardInputs inputs;
+    inputs.input_ids = int64_tensor(in.Get("inputIds"), {B, T}, "input_ids");
+    if (!in.Get("attentionMask").IsUndefined())
+      inputs.attention_mask = int64_tensor(in.Get("attentionMask"), {B, T}, "attention_mask");
+    if (!in.Get("labels").IsUndefined()) inputs.labels = int64_tensor(in.Get("labels"), {B, T}, "labels");
+    if (!in.Get("numItemsInBatch").IsUndefined())
+      inputs.num_items_in_batch = int_arg(in.Get("numItemsInBatch"), "num_items_in_batch");
+    const bool backward = opts.Get("backward").ToBoolean();
+    const bool return_logits = opts.Has("returnLogits") ? opts.Get("returnLogits").ToBoolean().Value() : true;
+    if (backward && !inputs.labels.defined())
+      fail(codes::kInvalidInput, "backward needs labels (there is no loss to differentiate)");
+
+    // The prefix: a raw [P, 2·L·D] weight looked up like PEFT's embedding, or a native PrefixEncoder.
+    at::Tensor prefix_weight;
+    std::shared_ptr<EncoderState> encoder;
+    Napi::Value pv = opts.Get("prefix");
+    Napi::Value ev = opts.Get("encoder");
+    if (!pv.IsUndefined() && !ev.IsUndefined()) fail(codes::kInvalidInput, "pass either prefix or encoder, not both");
+    if (!pv.IsUndefined()) {
+      const int64_t P = int_arg(opts.Get("numVirtualTokens"), "numVirtualTokens");
+      std::lock_guard<std::mutex> lock(state_->mu);
+      const BloomConfig& c = live(state_).config();
+      if (P < 1) fail(codes::kInvalidInput, "numVirtualTokens must be >= 1");
+      prefix_weight = float_tensor(pv, {P, 2 * c.n_layer * c.hidden_size}, "prefix");
+    }
+    if (!ev.IsUndefined()) {
+      AddonData* data = env.GetInstanceData<AddonData>();
+      if (!ev.IsObject() || !ev.As<Napi::Object>().InstanceOf(data->encoder_ctor.Value()))
+        fail(codes::kInvalidInput, "encoder must be a native PrefixEncoder");
+      encoder = PrefixEncoderWrap::Unwrap(ev.As<Napi::Object>())->state();
+    }
+
+    struct Result {
+      double loss = 0;
+      bool has_loss = false;
+      at::Tensor logits, prefix_grad;
+      bool f64 = false;
+    };
+    auto result = std::make_shared<Result>();
+    auto state = state_;
+    return PromiseWorker::start(
+        env, "peft_node.BloomModel.forward",
+        [=] {
+          std::lock_guard<std::mutex> lock(state->mu);
+          std::unique_lock<std::mutex> enc_lock;
+          if (encoder) enc_lock = std::unique_lock<std::mutex>(encoder->mu);
+          BloomModel& m = live(state);
+          c10::AutoGradMode grad_mode(backward);
+          const BloomConfig& c = m.config();
+          at::Tensor raw, leaf;
+          if (prefix_weight.defined()) {
+            const int64_t P = prefix_weight.size(0);
+            leaf = prefix_weight.to(m.device()).requires_grad_(backward);
+            auto i64 = at::TensorOptions().dtype(at::kLong).device(m.device());
+            raw = at::embedding(leaf, at::arange(P, i64).unsqueeze(0).expand({B, P}));
+          } else if (encoder) {
+            if (!encoder->encoder) fail(codes::kDisposed, "this prefix encoder was disposed");
+            const PrefixEncoderOptions& eo = encoder->encoder->options();
+            if (eo.num_layers != c.n_layer || eo.token_dim != c.hidden_size)
+              fail(codes::kShapeMismatch, "prefix encoder was built for num_layers=" + std::to_string(eo.num_layers) +
+                                              ", token_dim=" + std::to_string(eo.token_dim) + " but the model has n_layer=" +
+                                              std::to_string(c.n_layer) + ", hidden_size=" + std::to_string(c.hidden_size));
+            raw = encoder->encoder->forward(B);
+          }
+          ForwardOutputs out = m.forward(inputs, raw, return_logits);
+          if (out.loss.defined()) {
+            result->has_loss = true;
+            result->loss = out.loss.item<double>();
+          }
+          if (backward) out.loss.backward();
+          if (out.logits.defined()) {
+            result->f64 = out.logits.scalar_type() == at::kDouble;
+            result->logits = out.logits.detach().to(at::kCPU, result->f64 ? at::kDouble : at::kFloat).contiguous();
+          }
+          if (backward && leaf.defined() && leaf.grad().defined()) result->prefix_grad = leaf.grad().to(at::kCPU);
+        },
+        [result, prefix_weight](Napi::Env env) -> Napi::Value {
+          Napi::Object o = Napi::Object::New(env);
+          if (result->has_loss) o.Set("loss", result->loss);
+          if (result->logits.defined()) {
+            o.Set("logits", to_typed_array(env, result->logits, result->f64));
+            o.Set("logitsDims", shape_array(env, result->logits.sizes()));
+          }
+          if (result->prefix_grad.defined())
+            o.Set("prefixGrad", to_typed_array(env, result->prefix_grad, prefix_weight.scalar_type() == at::kDouble));
+          return o;
+        });
+  });
+}
+
+Napi::Value BloomModelWrap::Dispose(const Napi::CallbackInfo& info) {
+  auto state = state_;
+  return PromiseWorker::start(
+      info.Env(), "peft_node.BloomModel.dispose",
+      [state] {
+        std::lock_guard<std::mutex> lock(state->mu);  // waits for a running call to finish
+        state->model.reset();
+      },
+      nullptr);
+}
+
+Napi::Value BloomModelWrap::IsDisposed(const Napi::CallbackInfo& info) {
+  // A try_lock would race; a null model pointer is only ever set under the lock and read as a hint here.
+  std::lock_guard<std::mutex> lock(state_->mu);
+  return Napi::Boolean::New(info.Env(), !state_->model);
+}
+
+}  // namespace peft_node::binding

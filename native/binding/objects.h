@@ -1,0 +1,68 @@
+// The native classes exposed to JS. Each wraps a shared state (the core object + a mutex) so that work queued on the
+// libuv pool keeps it alive, calls on one object run one after another, and dispose() frees it deterministically.
+#pragma once
+#include <napi.h>
+
+#include <memory>
+#include <mutex>
+
+#include "core/bloom.h"
+#include "core/prefix_encoder.h"
+
+namespace peft_node::binding {
+
+struct ModelState {
+  std::mutex mu;
+  std::unique_ptr<BloomModel> model;
+};
+
+struct EncoderState {
+  std::mutex mu;
+  std::unique_ptr<PrefixEncoder> encoder;
+};
+
+// Per-environment data: the constructors, to create instances from workers and to check `instanceof`.
+struct AddonData {
+  Napi::FunctionReference model_ctor;
+  Napi::FunctionReference encoder_ctor;
+};
+
+class BloomModelWrap : public Napi::ObjectWrap<BloomModelWrap> {
+ public:
+  static Napi::Function Define(Napi::Env env);
+  explicit BloomModelWrap(const Napi::CallbackInfo& info);
+
+ private:
+  static Napi::Value Load(const Napi::CallbackInfo& info);  // (dir, device, dtype) -> Promise<BloomModel>
+  Napi::Value Config(const Napi::CallbackInfo& info);
+  Napi::Value ParameterInfo(const Napi::CallbackInfo& info);
+  Napi::Value GetParameter(const Napi::CallbackInfo& info);
+  Napi::Value SetParameter(const Napi::CallbackInfo& info);
+  Napi::Value Forward(const Napi::CallbackInfo& info);
+  Napi::Value Dispose(const Napi::CallbackInfo& info);
+  Napi::Value IsDisposed(const Napi::CallbackInfo& info);
+
+  std::shared_ptr<ModelState> state_;
+};
+
+class PrefixEncoderWrap : public Napi::ObjectWrap<PrefixEncoderWrap> {
+ public:
+  static Napi::Function Define(Napi::Env env);
+  explicit PrefixEncoderWrap(const Napi::CallbackInfo& info);
+  const std::shared_ptr<EncoderState>& state() const { return state_; }
+
+ private:
+  static Napi::Value Create(const Napi::CallbackInfo& info);  // (options) -> Promise<PrefixEncoder>
+  Napi::Value Options(const Napi::CallbackInfo& info);
+  Napi::Value ParameterInfo(const Napi::CallbackInfo& info);
+  Napi::Value GetParameter(const Napi::CallbackInfo& info);
+  Napi::Value GetGrad(const Napi::CallbackInfo& info);
+  Napi::Value SetParameter(const Napi::CallbackInfo& info);
+  Napi::Value ZeroGrad(const Napi::CallbackInfo& info);
+  Napi::Value PromptEmbeddings(const Napi::CallbackInfo& info);
+  Napi::Value Dispose(const Napi::CallbackInfo& info);
+
+  std::shared_ptr<EncoderState> state_;
+};
+
+}  // namespace peft_node::binding

@@ -1,0 +1,111 @@
+// Shared plumbing for the binding: Promise-returning AsyncWorkers and C++ -> JS error conversion.
+// Every native failure (peft_node::Error, c10::Error, std::exception) becomes a JS Error with a `code`;
+// nothing is allowed to escape as a C++ exception into Node (which would abort the process).
+#pragma once
+#include <ATen/Tensor.h>
+#include <c10/util/Exception.h>
+#include <napi.h>
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "core/errors.h"
+
+namespace peft_node::binding {
+
+inline Napi::Error make_error(Napi::Env env, const std::string& code, const std::string& message) {
+  Napi::Error err = Napi::Error::New(env, message);
+  err.Set("code", Napi::String::New(env, code));
+  return err;
+}
+
+// Runs `fn` and turns any C++ exception into (code, message).
+template <typename Fn>
+bool capture_errors(Fn&& fn, std::string& code, std::string& message) {
+  try {
+    fn();
+    return true;
+  } catch (const Error& e) {
+    code = e.code();
+    message = e.what();
+  } catch (const c10::Error& e) {
+    code = codes::kTorch;
+    message = e.what_without_backtrace();
+  } catch (const std::exception& e) {
+    code = codes::kTorch;
+    message = e.what();
+  } catch (...) {
+    code = codes::kTorch;
+    message = "unknown native error";
+  }
+  return false;
+}
+
+// For synchronous methods: run `fn`, rethrow failures as JS errors with a code.
+template <typename Fn>
+Napi::Value guarded(Napi::Env env, Fn&& fn) {
+  Napi::Value result;
+  std::string code, message;
+  if (capture_errors([&] { result = fn(); }, code, message)) return result;
+  throw make_error(env, code, message);
+}
+
+// An AsyncWorker whose Execute runs `run` on the libuv pool and whose Promise resolves with `resolve(env)`.
+class PromiseWorker : public Napi::AsyncWorker {
+ public:
+  PromiseWorker(Napi::Env env, const char* name, std::function<void()> run,
+                std::function<Napi::Value(Napi::Env)> resolve)
+      : Napi::AsyncWorker(env, name), deferred_(Napi::Promise::Deferred::New(env)), run_(std::move(run)),
+        resolve_(std::move(resolve)) {}
+
+  Napi::Promise promise() const { return deferred_.Promise(); }
+
+  // Queues the worker and returns its Promise.
+  static Napi::Value start(Napi::Env env, const char* name, std::function<void()> run,
+                           std::function<Napi::Value(Napi::Env)> resolve) {
+    auto* w = new PromiseWorker(env, name, std::move(run), std::move(resolve));
+    Napi::Promise p = w->promise();
+    w->Queue();
+    return p;
+  }
+
+ protected:
+  void Execute() override {
+    std::string message;
+    if (!capture_errors(run_, code_, message)) SetError(message);
+  }
+  void OnOK() override {
+    Napi::Env env = Env();
+    std::string code, message;
+    Napi::Value value;
+    if (capture_errors([&] { value = resolve_ ? resolve_(env) : env.Undefined(); }, code, message))
+      deferred_.Resolve(value);
+    else
+      deferred_.Reject(make_error(env, code, message).Value());
+  }
+  void OnError(const Napi::Error& e) override {
+    Napi::Error err = e;
+    err.Set("code", Napi::String::New(Env(), code_.empty() ? codes::kTorch : code_));
+    deferred_.Reject(err.Value());
+  }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  std::function<void()> run_;
+  std::function<Napi::Value(Napi::Env)> resolve_;
+  std::string code_;
+};
+
+// Copies of JS inputs, taken on the main thread so the worker never touches JS memory.
+// Int32Array / BigInt64Array -> int64 CPU tensor of `shape`; Float32Array / Float64Array -> float32/64 CPU tensor.
+at::Tensor int64_tensor(const Napi::Value& v, std::vector<int64_t> shape, const char* what);
+at::Tensor float_tensor(const Napi::Value& v, std::vector<int64_t> shape, const char* what);
+std::string string_arg(const Napi::Value& v, const char* what);
+int64_t int_arg(const Napi::Value& v, const char* what);
+
+// A float tensor (any dtype, any device) as a new Float32Array, or Float64Array when `f64`.
+Napi::Value to_typed_array(Napi::Env env, const at::Tensor& t, bool f64 = false);
+Napi::Array shape_array(Napi::Env env, at::IntArrayRef shape);
+
+}  // namespace peft_node::binding

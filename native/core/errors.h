@@ -1,0 +1,38 @@
+// Errors raised by native/core. Each carries a stable code (ERR_*) that the binding copies onto the JS Error,
+// so callers can branch on `err.code` instead of parsing messages.
+#pragma once
+#include <stdexcept>
+#include <string>
+
+namespace peft_node {
+
+class Error : public std::runtime_error {
+ public:
+  Error(std::string code, const std::string& message) : std::runtime_error(message), code_(std::move(code)) {}
+  const std::string& code() const { return code_; }
+
+ private:
+  std::string code_;
+};
+
+[[noreturn]] inline void fail(const std::string& code, const std::string& message) { throw Error(code, message); }
+
+// Stable codes (documented in README).
+namespace codes {
+inline constexpr const char* kFileNotFound = "ERR_FILE_NOT_FOUND";
+inline constexpr const char* kIo = "ERR_IO";
+inline constexpr const char* kJson = "ERR_JSON";
+inline constexpr const char* kConfig = "ERR_CONFIG";
+inline constexpr const char* kUnsupportedModel = "ERR_UNSUPPORTED_MODEL";
+inline constexpr const char* kSafetensorsHeader = "ERR_SAFETENSORS_HEADER";
+inline constexpr const char* kSafetensorsDtype = "ERR_SAFETENSORS_DTYPE";
+inline constexpr const char* kSafetensorsOffsets = "ERR_SAFETENSORS_OFFSETS";
+inline constexpr const char* kWeightMissing = "ERR_WEIGHT_MISSING";
+inline constexpr const char* kShapeMismatch = "ERR_SHAPE_MISMATCH";
+inline constexpr const char* kInvalidInput = "ERR_INVALID_INPUT";
+inline constexpr const char* kDevice = "ERR_DEVICE";
+inline constexpr const char* kDisposed = "ERR_DISPOSED";
+inline constexpr const char* kTorch = "ERR_TORCH";
+}  // namespace codes
+
+}  // namespace peft_node
