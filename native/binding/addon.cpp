@@ -24,6 +24,7 @@ Napi::Value SetNumThreads(const Napi::CallbackInfo& info) {
   return guarded(info.Env(), [&]() -> Napi::Value {
     int64_t n = int_arg(info[0], "threads");
     if (n < 1) fail(codes::kInvalidInput, "threads must be >= 1");
+    g_num_threads.store(static_cast<int>(n));
     at::set_num_threads(static_cast<int>(n));
     return info.Env().Undefined();
   });

@@ -42,9 +42,11 @@ Napi::Function BloomModelWrap::Define(Napi::Env env) {
                       InstanceMethod<&BloomModelWrap::Config>("config"),
                       InstanceMethod<&BloomModelWrap::ParameterInfo>("parameterInfo"),
                       InstanceMethod<&BloomModelWrap::GetParameter>("getParameter"),
+                      InstanceMethod<&BloomModelWrap::GetGrad>("getGrad"),
                       InstanceMethod<&BloomModelWrap::SetParameter>("setParameter"),
                       InstanceMethod<&BloomModelWrap::Forward>("forward"),
                       InstanceMethod<&BloomModelWrap::Dispose>("dispose"),
+                      InstanceMethod<&BloomModelWrap::NamesWithGrad>("namesWithGrad"),
                       InstanceMethod<&BloomModelWrap::IsDisposed>("isDisposed")});
 }
 
@@ -52,6 +54,11 @@ BloomModelWrap::BloomModelWrap(const Napi::CallbackInfo& info) : Napi::ObjectWra
   if (info.Length() != 1 || !info[0].IsExternal())
     throw make_error(info.Env(), codes::kInvalidInput, "BloomModel cannot be constructed directly; use BloomModel.load()");
   state_ = *info[0].As<Napi::External<std::shared_ptr<ModelState>>>().Data();
+  std::lock_guard<std::mutex> lock(state_->mu);
+  meta_ = param_meta_of(state_->model->named_parameters());
+  config_ = state_->model->config();
+  dtype_ = dtype_name(state_->model->dtype());
+  device_ = state_->model->device().str();
 }
 
 Napi::Value BloomModelWrap::Load(const Napi::CallbackInfo& info) {
@@ -80,29 +87,29 @@ Napi::Value BloomModelWrap::Load(const Napi::CallbackInfo& info) {
 
 Napi::Value BloomModelWrap::Config(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  return guarded(env, [&]() -> Napi::Value {
-    BloomModel& m = live(state_);
-    Napi::Object o = config_object(env, m.config());
-    o.Set("dtype", dtype_name(m.dtype()));
-    o.Set("device", m.device().str());
-    return o;
-  });
+  if (disposed_) throw make_error(env, codes::kDisposed, "this model was disposed");
+  Napi::Object o = config_object(env, config_);
+  o.Set("dtype", dtype_);
+  o.Set("device", device_);
+  return o;
 }
 
 Napi::Value BloomModelWrap::ParameterInfo(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  return guarded(env, [&]() -> Napi::Value {
-    BloomModel& m = live(state_);
-    const auto& params = m.named_parameters();
-    Napi::Array out = Napi::Array::New(env, params.size());
-    for (size_t i = 0; i < params.size(); ++i) {
-      Napi::Array row = Napi::Array::New(env, 2);
-      row.Set(0u, params[i].first);
-      row.Set(1u, shape_array(env, params[i].second.sizes()));
-      out.Set(static_cast<uint32_t>(i), row);
-    }
-    return out;
-  });
+  if (disposed_) throw make_error(info.Env(), codes::kDisposed, "this object was disposed");
+  return param_meta_array(info.Env(), meta_);
+}
+
+Napi::Value BloomModelWrap::NamesWithGrad(const Napi::CallbackInfo& info) {
+  auto state = state_;
+  auto names = std::make_shared<std::vector<std::string>>();
+  return PromiseWorker::start(
+      info.Env(), "peft_node.namesWithGrad",
+      [state, names] {
+        std::lock_guard<std::mutex> lock(state->mu);
+        for (const auto& [n, t] : live(state).named_parameters())
+          if (t.grad().defined()) names->push_back(n);
+      },
+      [names](Napi::Env env) { return names_with_grad_array(env, *names); });
 }
 
 Napi::Value BloomModelWrap::GetParameter(const Napi::CallbackInfo& info) {
@@ -122,15 +129,36 @@ Napi::Value BloomModelWrap::GetParameter(const Napi::CallbackInfo& info) {
   });
 }
 
+Napi::Value BloomModelWrap::GetGrad(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    std::string name = string_arg(info[0], "parameter name");
+    auto state = state_;
+    auto result = std::make_shared<at::Tensor>();
+    return PromiseWorker::start(
+        env, "peft_node.BloomModel.getGrad",
+        [=] {
+          std::lock_guard<std::mutex> lock(state->mu);
+          at::Tensor g = find_param(live(state), name).grad();
+          if (g.defined()) *result = g.detach().to(at::kCPU, at::kFloat).contiguous();
+        },
+        [result](Napi::Env env) -> Napi::Value {
+          if (!result->defined()) return env.Null();
+          return to_typed_array(env, *result);
+        });
+  });
+}
+
 Napi::Value BloomModelWrap::SetParameter(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guarded(env, [&]() -> Napi::Value {
     std::string name = string_arg(info[0], "parameter name");
+    if (disposed_) fail(codes::kDisposed, "this object was disposed");
     std::vector<int64_t> shape;
-    {
-      std::lock_guard<std::mutex> lock(state_->mu);
-      for (int64_t d : find_param(live(state_), name).sizes()) shape.push_back(d);
-    }
+    bool found = false;
+    for (const ParamMeta& m : meta_)
+      if (m.name == name) { shape = m.shape; found = true; }
+    if (!found) fail(codes::kInvalidInput, "no parameter named '" + name + "'");
     at::Tensor src = float_tensor(info[1], shape, ("value for '" + name + "'").c_str());
     auto state = state_;
     return PromiseWorker::start(
@@ -173,8 +201,8 @@ Napi::Value BloomModelWrap::Forward(const Napi::CallbackInfo& info) {
     if (!pv.IsUndefined() && !ev.IsUndefined()) fail(codes::kInvalidInput, "pass either prefix or encoder, not both");
     if (!pv.IsUndefined()) {
       const int64_t P = int_arg(opts.Get("numVirtualTokens"), "numVirtualTokens");
-      std::lock_guard<std::mutex> lock(state_->mu);
-      const BloomConfig& c = live(state_).config();
+      if (disposed_) fail(codes::kDisposed, "this model was disposed");
+      const BloomConfig& c = config_;
       if (P < 1) fail(codes::kInvalidInput, "numVirtualTokens must be >= 1");
       prefix_weight = float_tensor(pv, {P, 2 * c.n_layer * c.hidden_size}, "prefix");
     }
@@ -244,6 +272,7 @@ Napi::Value BloomModelWrap::Forward(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value BloomModelWrap::Dispose(const Napi::CallbackInfo& info) {
+  disposed_ = true;
   auto state = state_;
   return PromiseWorker::start(
       info.Env(), "peft_node.BloomModel.dispose",
@@ -255,9 +284,7 @@ Napi::Value BloomModelWrap::Dispose(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value BloomModelWrap::IsDisposed(const Napi::CallbackInfo& info) {
-  // A try_lock would race; a null model pointer is only ever set under the lock and read as a hint here.
-  std::lock_guard<std::mutex> lock(state_->mu);
-  return Napi::Boolean::New(info.Env(), !state_->model);
+  return Napi::Boolean::New(info.Env(), disposed_);
 }
 
 }  // namespace peft_node::binding

@@ -5,6 +5,8 @@
 
 #include <memory>
 #include <mutex>
+#include <string>
+#include <vector>
 
 #include "core/bloom.h"
 #include "core/prefix_encoder.h"
@@ -22,6 +24,17 @@ struct EncoderState {
 };
 
 // Per-environment data: the constructors, to create instances from workers and to check `instanceof`.
+// Immutable after creation, so the JS thread can read it without waiting for a running call.
+struct ParamMeta {
+  std::string name;
+  std::vector<int64_t> shape;
+  bool requires_grad;
+};
+
+Napi::Value param_meta_array(Napi::Env env, const std::vector<ParamMeta>& meta);
+Napi::Value names_with_grad_array(Napi::Env env, const std::vector<std::string>& names);
+std::vector<ParamMeta> param_meta_of(const std::vector<std::pair<std::string, at::Tensor>>& params);
+
 struct AddonData {
   Napi::FunctionReference model_ctor;
   Napi::FunctionReference encoder_ctor;
@@ -37,12 +50,18 @@ class BloomModelWrap : public Napi::ObjectWrap<BloomModelWrap> {
   Napi::Value Config(const Napi::CallbackInfo& info);
   Napi::Value ParameterInfo(const Napi::CallbackInfo& info);
   Napi::Value GetParameter(const Napi::CallbackInfo& info);
+  Napi::Value GetGrad(const Napi::CallbackInfo& info);
   Napi::Value SetParameter(const Napi::CallbackInfo& info);
   Napi::Value Forward(const Napi::CallbackInfo& info);
   Napi::Value Dispose(const Napi::CallbackInfo& info);
   Napi::Value IsDisposed(const Napi::CallbackInfo& info);
+  Napi::Value NamesWithGrad(const Napi::CallbackInfo& info);
 
   std::shared_ptr<ModelState> state_;
+  std::vector<ParamMeta> meta_;
+  BloomConfig config_;
+  std::string dtype_, device_;
+  bool disposed_ = false;
 };
 
 class PrefixEncoderWrap : public Napi::ObjectWrap<PrefixEncoderWrap> {
@@ -61,8 +80,12 @@ class PrefixEncoderWrap : public Napi::ObjectWrap<PrefixEncoderWrap> {
   Napi::Value ZeroGrad(const Napi::CallbackInfo& info);
   Napi::Value PromptEmbeddings(const Napi::CallbackInfo& info);
   Napi::Value Dispose(const Napi::CallbackInfo& info);
+  Napi::Value NamesWithGrad(const Napi::CallbackInfo& info);
 
   std::shared_ptr<EncoderState> state_;
+  std::vector<ParamMeta> meta_;
+  PrefixEncoderOptions options_;
+  bool disposed_ = false;
 };
 
 }  // namespace peft_node::binding

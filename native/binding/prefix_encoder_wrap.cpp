@@ -34,7 +34,8 @@ Napi::Function PrefixEncoderWrap::Define(Napi::Env env) {
                       InstanceMethod<&PrefixEncoderWrap::SetParameter>("setParameter"),
                       InstanceMethod<&PrefixEncoderWrap::ZeroGrad>("zeroGrad"),
                       InstanceMethod<&PrefixEncoderWrap::PromptEmbeddings>("promptEmbeddings"),
-                      InstanceMethod<&PrefixEncoderWrap::Dispose>("dispose")});
+                      InstanceMethod<&PrefixEncoderWrap::Dispose>("dispose"),
+                      InstanceMethod<&PrefixEncoderWrap::NamesWithGrad>("namesWithGrad")});
 }
 
 PrefixEncoderWrap::PrefixEncoderWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<PrefixEncoderWrap>(info) {
@@ -42,6 +43,9 @@ PrefixEncoderWrap::PrefixEncoderWrap(const Napi::CallbackInfo& info) : Napi::Obj
     throw make_error(info.Env(), codes::kInvalidInput,
                      "PrefixEncoder cannot be constructed directly; use PrefixEncoder.create()");
   state_ = *info[0].As<Napi::External<std::shared_ptr<EncoderState>>>().Data();
+  std::lock_guard<std::mutex> lock(state_->mu);
+  meta_ = param_meta_of(state_->encoder->named_parameters());
+  options_ = state_->encoder->options();
 }
 
 Napi::Value PrefixEncoderWrap::Create(const Napi::CallbackInfo& info) {
@@ -77,35 +81,35 @@ Napi::Value PrefixEncoderWrap::Create(const Napi::CallbackInfo& info) {
 
 Napi::Value PrefixEncoderWrap::Options(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  return guarded(env, [&]() -> Napi::Value {
-    std::lock_guard<std::mutex> lock(state_->mu);
-    const PrefixEncoderOptions& eo = live(state_).options();
-    Napi::Object o = Napi::Object::New(env);
-    o.Set("numVirtualTokens", static_cast<double>(eo.num_virtual_tokens));
-    o.Set("numLayers", static_cast<double>(eo.num_layers));
-    o.Set("tokenDim", static_cast<double>(eo.token_dim));
-    o.Set("encoderHiddenSize", static_cast<double>(eo.encoder_hidden_size));
-    o.Set("prefixProjection", eo.prefix_projection);
-    o.Set("inferenceMode", eo.inference_mode);
-    o.Set("zeroInit", eo.zero_init);
-    return o;
-  });
+  if (disposed_) throw make_error(env, codes::kDisposed, "this prefix encoder was disposed");
+  const PrefixEncoderOptions& eo = options_;
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("numVirtualTokens", static_cast<double>(eo.num_virtual_tokens));
+  o.Set("numLayers", static_cast<double>(eo.num_layers));
+  o.Set("tokenDim", static_cast<double>(eo.token_dim));
+  o.Set("encoderHiddenSize", static_cast<double>(eo.encoder_hidden_size));
+  o.Set("prefixProjection", eo.prefix_projection);
+  o.Set("inferenceMode", eo.inference_mode);
+  o.Set("zeroInit", eo.zero_init);
+  return o;
 }
 
 Napi::Value PrefixEncoderWrap::ParameterInfo(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  return guarded(env, [&]() -> Napi::Value {
-    std::lock_guard<std::mutex> lock(state_->mu);
-    const auto& params = live(state_).named_parameters();
-    Napi::Array out = Napi::Array::New(env, params.size());
-    for (size_t i = 0; i < params.size(); ++i) {
-      Napi::Array row = Napi::Array::New(env, 2);
-      row.Set(0u, params[i].first);
-      row.Set(1u, shape_array(env, params[i].second.sizes()));
-      out.Set(static_cast<uint32_t>(i), row);
-    }
-    return out;
-  });
+  if (disposed_) throw make_error(info.Env(), codes::kDisposed, "this object was disposed");
+  return param_meta_array(info.Env(), meta_);
+}
+
+Napi::Value PrefixEncoderWrap::NamesWithGrad(const Napi::CallbackInfo& info) {
+  auto state = state_;
+  auto names = std::make_shared<std::vector<std::string>>();
+  return PromiseWorker::start(
+      info.Env(), "peft_node.namesWithGrad",
+      [state, names] {
+        std::lock_guard<std::mutex> lock(state->mu);
+        for (const auto& [n, t] : live(state).named_parameters())
+          if (t.grad().defined()) names->push_back(n);
+      },
+      [names](Napi::Env env) { return names_with_grad_array(env, *names); });
 }
 
 Napi::Value PrefixEncoderWrap::GetParameter(const Napi::CallbackInfo& info) {
@@ -148,11 +152,12 @@ Napi::Value PrefixEncoderWrap::SetParameter(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guarded(env, [&]() -> Napi::Value {
     std::string name = string_arg(info[0], "parameter name");
+    if (disposed_) fail(codes::kDisposed, "this object was disposed");
     std::vector<int64_t> shape;
-    {
-      std::lock_guard<std::mutex> lock(state_->mu);
-      for (int64_t d : live(state_).parameter(name).sizes()) shape.push_back(d);
-    }
+    bool found = false;
+    for (const ParamMeta& m : meta_)
+      if (m.name == name) { shape = m.shape; found = true; }
+    if (!found) fail(codes::kInvalidInput, "no parameter named '" + name + "'");
     at::Tensor src = float_tensor(info[1], shape, ("value for '" + name + "'").c_str());
     auto state = state_;
     return PromiseWorker::start(
@@ -190,6 +195,7 @@ Napi::Value PrefixEncoderWrap::PromptEmbeddings(const Napi::CallbackInfo& info) 
 }
 
 Napi::Value PrefixEncoderWrap::Dispose(const Napi::CallbackInfo& info) {
+  disposed_ = true;
   auto state = state_;
   return PromiseWorker::start(
       info.Env(), "peft_node.PrefixEncoder.dispose",

@@ -1,5 +1,7 @@
 #include "binding/worker.h"
 
+#include "binding/objects.h"
+
 #include <ATen/ATen.h>
 
 #include <cmath>
@@ -85,6 +87,33 @@ Napi::Array shape_array(Napi::Env env, at::IntArrayRef shape) {
   Napi::Array a = Napi::Array::New(env, shape.size());
   for (size_t i = 0; i < shape.size(); ++i) a.Set(static_cast<uint32_t>(i), Napi::Number::New(env, static_cast<double>(shape[i])));
   return a;
+}
+
+
+
+Napi::Value param_meta_array(Napi::Env env, const std::vector<ParamMeta>& meta) {
+  Napi::Array out = Napi::Array::New(env, meta.size());
+  for (size_t i = 0; i < meta.size(); ++i) {
+    Napi::Array row = Napi::Array::New(env, 3);
+    row.Set(0u, meta[i].name);
+    row.Set(1u, shape_array(env, meta[i].shape));
+    row.Set(2u, meta[i].requires_grad);
+    out.Set(static_cast<uint32_t>(i), row);
+  }
+  return out;
+}
+
+std::vector<ParamMeta> param_meta_of(const std::vector<std::pair<std::string, at::Tensor>>& params) {
+  std::vector<ParamMeta> meta;
+  for (const auto& [name, t] : params) meta.push_back({name, t.sizes().vec(), t.requires_grad()});
+  return meta;
+}
+
+// Names of the parameters currently holding a .grad (read under the object's lock).
+Napi::Value names_with_grad_array(Napi::Env env, const std::vector<std::string>& names) {
+  Napi::Array out = Napi::Array::New(env, names.size());
+  for (size_t i = 0; i < names.size(); ++i) out.Set(static_cast<uint32_t>(i), names[i]);
+  return out;
 }
 
 }  // namespace peft_node::binding

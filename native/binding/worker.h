@@ -6,6 +6,9 @@
 #include <c10/util/Exception.h>
 #include <napi.h>
 
+#include <ATen/Parallel.h>
+
+#include <atomic>
 #include <functional>
 #include <string>
 #include <vector>
@@ -51,6 +54,15 @@ Napi::Value guarded(Napi::Env env, Fn&& fn) {
   throw make_error(env, code, message);
 }
 
+// Requested intra-op thread count (0 = libtorch's default). OpenMP keeps the count per thread, so each worker applies
+// it on its own libuv thread before running.
+inline std::atomic<int> g_num_threads{0};
+
+inline void apply_thread_setting() {
+  const int want = g_num_threads.load();
+  if (want > 0 && at::get_num_threads() != want) at::set_num_threads(want);
+}
+
 // An AsyncWorker whose Execute runs `run` on the libuv pool and whose Promise resolves with `resolve(env)`.
 class PromiseWorker : public Napi::AsyncWorker {
  public:
@@ -72,6 +84,7 @@ class PromiseWorker : public Napi::AsyncWorker {
 
  protected:
   void Execute() override {
+    apply_thread_setting();
     std::string message;
     if (!capture_errors(run_, code_, message)) SetError(message);
   }

@@ -1,0 +1,296 @@
+/**
+ * BloomForCausalLM: transformers' BLOOM causal LM, computed by the native addon (native/core/bloom.cpp). The base
+ * weights are frozen; a prefix (PEFT prefix tuning's past_key_values) can be passed to `forward` and differentiated.
+ */
+import { PeftNodeError, nativeCall } from '../../errors';
+import { PrefixEncoder } from '../../peft/prefix_encoder';
+import { NativeBloomModel, NativeForwardInputs, native } from '../../runtime/native';
+import { SerialQueue } from '../../runtime/serial_queue';
+import { IntMatrixLike, Tensor, isFloatArray, toIntMatrix, typedArrayKind } from '../../tensor';
+import { BloomConfig } from './configuration_bloom';
+
+export interface CausalLMInputs {
+  /** [batch, seq_len] token ids (a 1-D array is one row). */
+  input_ids: IntMatrixLike;
+  /** 1 for real tokens, 0 for padding; all ones when omitted. */
+  attention_mask?: IntMatrixLike;
+  /** Next-token targets (shifted inside, as transformers does); -100 is ignored. */
+  labels?: IntMatrixLike;
+  /** When set, loss = sum of token losses / num_items_in_batch (HF Trainer's gradient-accumulation normalisation). */
+  num_items_in_batch?: number;
+}
+
+export interface ForwardOptions {
+  /** Accumulate d(loss)/d(prefix) — like `loss.backward()`. Needs labels. */
+  backward?: boolean;
+  /**
+   * A raw prefix [num_virtual_tokens, 2·n_layer·hidden_size] in PEFT's layout, looked up for every row like PEFT's
+   * prefix embedding; its gradient comes back as `prefix_grad`.
+   */
+  prefix?: Tensor | Float32Array | Float64Array;
+  /** A PrefixEncoder whose parameters receive the gradients (the PEFT-model path). */
+  encoder?: PrefixEncoder;
+  /** Return logits (default true). Training loops set false to skip copying [B, T, V] floats. */
+  return_logits?: boolean;
+}
+
+export interface CausalLMOutput {
+  loss?: number;
+  /** [B, T, vocab_size] (float32; float64 for a float64 model). */
+  logits?: Tensor;
+  /** Gradient of the loss w.r.t. `options.prefix`, same shape and dtype. */
+  prefix_grad?: Tensor;
+}
+
+/** A named tensor of a model. Reading its values touches native memory, hence the Promises. */
+export class Parameter {
+  constructor(
+    readonly name: string,
+    readonly shape: number[],
+    readonly requires_grad: boolean,
+    private readonly read: () => Promise<Tensor>,
+    private readonly readGrad: () => Promise<Tensor | null>,
+  ) {}
+
+  get numel(): number {
+    return this.shape.reduce((a, b) => a * b, 1);
+  }
+
+  data(): Promise<Tensor> {
+    return this.read();
+  }
+
+  grad(): Promise<Tensor | null> {
+    return this.readGrad();
+  }
+}
+
+export class BloomForCausalLM implements AsyncDisposable {
+  readonly config: BloomConfig;
+  readonly name_or_path: string;
+  /** Like torch's module.training; HF's from_pretrained returns a model in eval mode. */
+  training = false;
+  private readonly handle: NativeBloomModel;
+  private readonly queue = new SerialQueue();
+  private disposed = false;
+
+  /** @internal use AutoModelForCausalLM.from_pretrained / BloomForCausalLM.from_pretrained */
+  constructor(handle: NativeBloomModel, config: BloomConfig, name_or_path: string) {
+    this.handle = handle;
+    this.config = config;
+    this.name_or_path = name_or_path;
+  }
+
+  /** Loads a BLOOM directory (config.json + safetensors). See AutoModelForCausalLM.from_pretrained for options. */
+  static async from_pretrained(dir: string, options: FromPretrainedOptions = {}): Promise<BloomForCausalLM> {
+    const config = BloomConfig.from_pretrained(dir);
+    const device = resolveDevice(options.device ?? 'cpu');
+    const requested = options.dtype ?? options.torch_dtype ?? 'auto';
+    const dtype = requested === 'auto' ? (config.dtype ?? 'float32') : requested;
+    const handle = await nativeCall(() => native().BloomModel.load(dir, device, dtype));
+    return new BloomForCausalLM(handle, config, dir);
+  }
+
+  private check(): void {
+    if (this.disposed) throw new PeftNodeError('ERR_DISPOSED', 'this model was disposed');
+  }
+
+  /** "cpu", "cuda:0", ... */
+  get device(): string {
+    this.check();
+    return this.handle.config().device;
+  }
+
+  /** "float32", "bfloat16", ... */
+  get dtype(): string {
+    this.check();
+    return this.handle.config().dtype;
+  }
+
+  train(mode = true): this {
+    this.training = mode;
+    return this;
+  }
+
+  eval(): this {
+    return this.train(false);
+  }
+
+  /**
+   * Runs the model (off the main thread). With `labels`, returns the causal-LM loss as transformers computes it;
+   * with `backward: true` also accumulates the prefix gradient.
+   */
+  async forward(inputs: CausalLMInputs, options: ForwardOptions = {}): Promise<CausalLMOutput> {
+    this.check();
+    const ids = toIntMatrix(inputs.input_ids, 'input_ids');
+    const [B, T] = ids.dims;
+    const nativeInputs: NativeForwardInputs = { inputIds: ids.data, batch: B, seqLen: T };
+    const sameShape = (x: IntMatrixLike, name: string): Int32Array => {
+      const m = toIntMatrix(x, name);
+      if (m.dims[0] !== B || m.dims[1] !== T)
+        throw new PeftNodeError(
+          'ERR_INVALID_INPUT',
+          `${name} has shape [${m.dims}] but input_ids has shape [${ids.dims}]`,
+        );
+      return m.data;
+    };
+    if (inputs.attention_mask !== undefined) nativeInputs.attentionMask = sameShape(inputs.attention_mask, 'attention_mask');
+    if (inputs.labels !== undefined) nativeInputs.labels = sameShape(inputs.labels, 'labels');
+    if (inputs.num_items_in_batch !== undefined) {
+      const n = inputs.num_items_in_batch;
+      if (!Number.isSafeInteger(n) || n <= 0)
+        throw new PeftNodeError('ERR_INVALID_INPUT', `num_items_in_batch must be a positive integer, got ${n}`);
+      nativeInputs.numItemsInBatch = n;
+    }
+    if (options.backward && inputs.labels === undefined)
+      throw new PeftNodeError('ERR_INVALID_INPUT', 'backward needs labels (there is no loss to differentiate)');
+
+    let prefix: Float32Array | Float64Array | undefined;
+    let prefixDims: number[] | undefined;
+    if (options.prefix !== undefined) {
+      const width = 2 * this.config.n_layer * this.config.hidden_size;
+      const p = options.prefix;
+      const data = p instanceof Tensor ? p.data : p;
+      if (!isFloatArray(data))
+        throw new PeftNodeError('ERR_INVALID_INPUT', 'prefix must be float32 or float64');
+      if (data.length === 0 || data.length % width !== 0 || (p instanceof Tensor && (p.dims.length !== 2 || p.dims[1] !== width)))
+        throw new PeftNodeError(
+          'ERR_SHAPE_MISMATCH',
+          `prefix must have shape [num_virtual_tokens, ${width}] (2 · n_layer · hidden_size), got ` +
+            (p instanceof Tensor ? `[${p.dims}]` : `${data.length} values`),
+        );
+      prefix = data;
+      prefixDims = [data.length / width, width];
+    }
+    const returnLogits = options.return_logits ?? true;
+    const encoder = options.encoder;
+    const run = () =>
+      nativeCall(() =>
+        this.handle.forward(nativeInputs, {
+          backward: options.backward ?? false,
+          returnLogits,
+          prefix,
+          numVirtualTokens: prefixDims?.[0],
+          encoder: encoder?.handle,
+        }),
+      );
+    const r = await this.queue.run(encoder ? () => encoder.queue.run(run) : run);
+    const out: CausalLMOutput = {};
+    if (r.loss !== undefined) out.loss = r.loss;
+    if (r.logits && r.logitsDims)
+      out.logits = new Tensor(typedArrayKind(r.logits) === 'Float64Array' ? 'float64' : 'float32', r.logits, r.logitsDims);
+    if (r.prefixGrad && prefixDims)
+      out.prefix_grad = new Tensor(typedArrayKind(r.prefixGrad) === 'Float64Array' ? 'float64' : 'float32', r.prefixGrad, prefixDims);
+    return out;
+  }
+
+  /** Parameters under transformers' names; the tied lm_head is listed once (as torch's named_parameters does). */
+  named_parameters(): [string, Parameter][] {
+    this.check();
+    return this.handle.parameterInfo().map(([name, shape, requiresGrad]) => [
+      name,
+      new Parameter(name, shape, requiresGrad, () => this.get_parameter(name), () => this.get_grad(name)),
+    ]);
+  }
+
+  /** Total number of parameters (tied weights counted once). */
+  num_parameters(): number {
+    return this.named_parameters().reduce((n, [, p]) => n + p.numel, 0);
+  }
+
+  /** One parameter's values as float32. */
+  async get_parameter(name: string): Promise<Tensor> {
+    this.check();
+    const shape = this.handle.parameterInfo().find(([n]) => n === name)?.[1];
+    if (!shape) throw new PeftNodeError('ERR_INVALID_INPUT', `the model has no parameter '${name}'`);
+    const data = await this.queue.run(() => nativeCall(() => this.handle.getParameter(name)));
+    return new Tensor('float32', data, shape);
+  }
+
+  /** A parameter's .grad, or null. The base model is frozen, so this stays null (tests check it natively). */
+  async get_grad(name: string): Promise<Tensor | null> {
+    this.check();
+    const shape = this.handle.parameterInfo().find(([n]) => n === name)?.[1];
+    if (!shape) throw new PeftNodeError('ERR_INVALID_INPUT', `the model has no parameter '${name}'`);
+    const data = await this.queue.run(() => nativeCall(() => this.handle.getGrad(name)));
+    return data ? new Tensor('float32', data, shape) : null;
+  }
+
+  /** Like torch's state_dict(): every parameter by name, plus `lm_head.weight` when it is tied to the embeddings. */
+  async state_dict(): Promise<Record<string, Tensor>> {
+    const out: Record<string, Tensor> = {};
+    for (const [name] of this.named_parameters()) out[name] = await this.get_parameter(name);
+    if (this.config.tie_word_embeddings && !('lm_head.weight' in out))
+      out['lm_head.weight'] = out['transformer.word_embeddings.weight'];
+    return out;
+  }
+
+  /**
+   * Like torch's load_state_dict: copies values into the parameters. With `strict` (default), missing or unexpected
+   * names are an error listing them; shapes must match.
+   */
+  async load_state_dict(
+    state: Record<string, Tensor>,
+    options: { strict?: boolean } = {},
+  ): Promise<{ missing_keys: string[]; unexpected_keys: string[] }> {
+    this.check();
+    const strict = options.strict ?? true;
+    const shapes = new Map(this.handle.parameterInfo().map(([n, shape]) => [n, shape] as const));
+    const tiedAlias = this.config.tie_word_embeddings ? 'lm_head.weight' : undefined;
+    const unexpected = Object.keys(state).filter((k) => !shapes.has(k) && k !== tiedAlias);
+    const missing = [...shapes.keys()].filter((k) => !(k in state));
+    if (strict && (missing.length || unexpected.length))
+      throw new PeftNodeError(
+        'ERR_WEIGHT_MISSING',
+        `load_state_dict: ` +
+          (missing.length ? `missing keys: ${missing.join(', ')}` : '') +
+          (missing.length && unexpected.length ? '; ' : '') +
+          (unexpected.length ? `unexpected keys: ${unexpected.join(', ')}` : ''),
+      );
+    for (const [name, t] of Object.entries(state)) {
+      const target = name === tiedAlias && !shapes.has(name) ? 'transformer.word_embeddings.weight' : name;
+      const shape = shapes.get(target);
+      if (!shape) continue;
+      if (t.dims.length !== shape.length || t.dims.some((d, i) => d !== shape[i]))
+        throw new PeftNodeError(
+          'ERR_SHAPE_MISMATCH',
+          `load_state_dict: '${name}' has shape [${t.dims}], the model expects [${shape}]`,
+        );
+      if (!isFloatArray(t.data))
+        throw new PeftNodeError('ERR_INVALID_INPUT', `load_state_dict: '${name}' must be float32 or float64`);
+      const data = t.data as Float32Array | Float64Array;
+      await this.queue.run(() => nativeCall(() => this.handle.setParameter(target, data)));
+    }
+    return { missing_keys: missing, unexpected_keys: unexpected };
+  }
+
+  /** The base model is frozen, so it holds no gradients; kept for torch API parity. */
+  zero_grad(): void {
+    this.check();
+  }
+
+  /** Frees the native weights once pending calls finish. Later calls throw ERR_DISPOSED. */
+  async dispose(): Promise<void> {
+    if (this.disposed) return;
+    this.disposed = true;
+    await this.queue.run(() => nativeCall(() => this.handle.dispose()));
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.dispose();
+  }
+}
+
+export interface FromPretrainedOptions {
+  /** "cpu" (default), "cuda", "cuda:N", or "auto" (CUDA when available). */
+  device?: string;
+  /** "auto" (default, the checkpoint's dtype as transformers 5 does), "float32", "bfloat16", "float16", "float64". */
+  dtype?: string;
+  /** Alias of `dtype` (transformers' older name). */
+  torch_dtype?: string;
+}
+
+function resolveDevice(device: string): string {
+  if (device === 'auto') return native().info().cudaAvailable ? 'cuda' : 'cpu';
+  return device;
+}

@@ -1,0 +1,150 @@
+/**
+ * Logits, loss and prefix gradients against dumps from real PEFT 0.21 + transformers 5.17 (scripts/gen_fixtures.py):
+ * 4 and 6 heads, left-padded batches of different lengths, prefix_projection off and on, mean and
+ * sum / num_items_in_batch losses.
+ * - With libtorch's default threads: within 1e-5 relative (max|a-b| / max|b|).
+ * - With one thread, as the dumps were made: bit-identical, which proves the op graph is PEFT's.
+ */
+import * as path from 'node:path';
+import { AutoModelForCausalLM, BloomForCausalLM, PrefixEncoder, Tensor, runtime_info } from '../lib';
+import { native } from '../lib/runtime/native';
+import { ErrorLog, FIXTURES, GoldenCase, asNumbers, goldenCases, goldenTensors, maxRelErr } from './helpers';
+
+const log = new ErrorLog();
+const models = new Map<string, BloomForCausalLM>();
+
+async function model(name: string): Promise<BloomForCausalLM> {
+  let m = models.get(name);
+  if (!m) {
+    m = await AutoModelForCausalLM.from_pretrained(path.join(FIXTURES, name));
+    models.set(name, m);
+  }
+  return m;
+}
+
+afterAll(async () => {
+  for (const m of models.values()) await m.dispose();
+  log.print('golden forward vs PEFT');
+});
+
+function inputsOf(c: GoldenCase, g: Map<string, Tensor>) {
+  return {
+    input_ids: g.get('input_ids')!,
+    attention_mask: c.has_mask ? g.get('attention_mask') : undefined,
+    labels: c.has_labels ? g.get('labels') : undefined,
+    num_items_in_batch: c.num_items_in_batch ?? undefined,
+  };
+}
+
+const defaultThreads = runtime_info().numThreads;
+
+describe.each([
+  ['default threads', defaultThreads, 1e-5],
+  ['one thread (bit-exact)', 1, 0],
+] as const)('%s', (_label, threads, tol) => {
+  beforeAll(() => native().setNumThreads(threads));
+  afterAll(() => native().setNumThreads(defaultThreads));
+
+  function compare(what: string, actual: Tensor | ArrayLike<number>, expected: Tensor, mask?: (i: number) => boolean) {
+    const err = maxRelErr(asNumbers(actual as Tensor), asNumbers(expected), mask);
+    expect(log.add(`[${threads} thr] ${what}`, err)).toBeLessThanOrEqual(tol);
+  }
+
+  /** Logits count only where attention_mask is 1 (rows of left padding are not defined by HF either). */
+  function compareLogits(c: GoldenCase, g: Map<string, Tensor>, logits: Tensor, what: string): void {
+    const expected = g.get('logits')!;
+    expect(logits.dims).toEqual(expected.dims);
+    const V = expected.dims[2];
+    const mask = c.has_mask ? asNumbers(g.get('attention_mask')!) : undefined;
+    compare(`${c.name} ${what} logits`, logits, expected, mask ? (i) => mask[Math.floor(i / V)] === 1 : undefined);
+  }
+
+  describe.each(goldenCases().map((c) => [c.name, c] as const))('golden %s', (_name, c) => {
+    const g = goldenTensors(c);
+
+    test('through a native PrefixEncoder: logits, loss and every parameter gradient', async () => {
+      const m = await model(c.model);
+      const enc = await PrefixEncoder.create({
+        num_virtual_tokens: c.num_virtual_tokens,
+        num_layers: m.config.n_layer,
+        token_dim: m.config.hidden_size,
+        encoder_hidden_size: c.encoder_hidden_size,
+        prefix_projection: c.prefix_projection,
+      });
+      try {
+        const names = c.trainable_param_names.map((n) => n.replace('prompt_encoder.default.', ''));
+        expect(enc.parameter_shapes().map(([n]) => n)).toEqual(names);
+        for (const n of names) await enc.set_parameter(n, g.get(`param.prompt_encoder.default.${n}`)!);
+        const out = await m.forward(inputsOf(c, g), { encoder: enc, backward: c.has_labels });
+        compareLogits(c, g, out.logits!, 'encoder');
+        if (c.has_labels) {
+          compare(`${c.name} loss`, [out.loss!], g.get('loss')!);
+          for (const n of names) {
+            const grad = await enc.get_grad(n);
+            expect(grad).not.toBeNull();
+            compare(`${c.name} grad ${n}`, grad!, g.get(`grad.prompt_encoder.default.${n}`)!);
+          }
+        } else {
+          expect(out.loss).toBeUndefined();
+        }
+        // The adapter file's tensor (get_prompt_embedding_to_save): the MLP output when projecting.
+        compare(`${c.name} prompt_embeddings`, await enc.prompt_embeddings(), g.get('prompt_embeddings')!);
+      } finally {
+        await enc.dispose();
+      }
+    });
+
+    if (!c.prefix_projection) {
+      test('through a raw [P, 2·L·D] prefix passed to forward', async () => {
+        const m = await model(c.model);
+        const prefix = g.get('param.prompt_encoder.default.embedding.weight')!;
+        const out = await m.forward(inputsOf(c, g), { prefix, backward: c.has_labels });
+        compareLogits(c, g, out.logits!, 'raw prefix');
+        if (c.has_labels) {
+          expect(out.prefix_grad!.dims).toEqual(prefix.dims);
+          compare(`${c.name} raw prefix grad`, out.prefix_grad!, g.get('grad.prompt_encoder.default.embedding.weight')!);
+        }
+      });
+    }
+  });
+});
+
+test('the base model never gets a gradient; only the prefix does', async () => {
+  const [c] = goldenCases().filter((x) => x.prefix_projection && x.has_labels);
+  const g = goldenTensors(c);
+  const m = await model(c.model);
+  const enc = await PrefixEncoder.create({
+    num_virtual_tokens: c.num_virtual_tokens,
+    num_layers: m.config.n_layer,
+    token_dim: m.config.hidden_size,
+    encoder_hidden_size: c.encoder_hidden_size,
+    prefix_projection: true,
+  });
+  await m.forward(inputsOf(c, g), { encoder: enc, backward: true, return_logits: false });
+  for (const [name, p] of m.named_parameters()) {
+    expect(p.requires_grad).toBe(false);
+    expect([name, await p.grad()]).toEqual([name, null]);
+  }
+  for (const [name] of enc.parameter_shapes()) expect(await enc.get_grad(name)).not.toBeNull();
+  await enc.dispose();
+});
+
+test('a second backward accumulates into the gradient, like loss.backward() twice', async () => {
+  const [c] = goldenCases().filter((x) => !x.prefix_projection && x.has_labels);
+  const g = goldenTensors(c);
+  const m = await model(c.model);
+  const enc = await PrefixEncoder.create({
+    num_virtual_tokens: c.num_virtual_tokens,
+    num_layers: m.config.n_layer,
+    token_dim: m.config.hidden_size,
+  });
+  await enc.set_parameter('embedding.weight', g.get('param.prompt_encoder.default.embedding.weight')!);
+  await m.forward(inputsOf(c, g), { encoder: enc, backward: true, return_logits: false });
+  const once = asNumbers((await enc.get_grad('embedding.weight'))!);
+  await m.forward(inputsOf(c, g), { encoder: enc, backward: true, return_logits: false });
+  const twice = asNumbers((await enc.get_grad('embedding.weight'))!);
+  expect(maxRelErr(twice, once.map((v) => 2 * v))).toBeLessThanOrEqual(1e-6);
+  await enc.zero_grad();
+  expect(await enc.get_grad('embedding.weight')).toBeNull();
+  await enc.dispose();
+});
