@@ -275,6 +275,9 @@ ForwardOutputs BloomModel::forward(const ForwardInputs& in, const at::Tensor& pr
                                                                              lowest_of(dtype_));
 
   const double inv_norm = 1.0 / std::sqrt(static_cast<double>(hd));
+  // transformers computes softmax in float32 for every dtype; a float64 model keeps float64 so that finite-difference
+  // checks see float64 precision end to end.
+  const at::ScalarType softmax_dtype = dtype_ == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor x = at::embedding(wte_, ids);
   x = at::layer_norm(x, {D}, emb_ln_w_, emb_ln_b_, eps);
   for (int64_t l = 0; l < NL; ++l) {
@@ -293,7 +296,7 @@ ForwardOutputs BloomModel::forward(const ForwardInputs& in, const at::Tensor& pr
     at::Tensor kf = k.reshape({B * H, S, hd}).transpose(-1, -2);
     at::Tensor vf = v.reshape({B * H, S, hd});
     at::Tensor scores = at::baddbmm(alibi, qf, kf, /*beta=*/1.0, /*alpha=*/inv_norm);
-    at::Tensor probs = at::softmax(scores.view({B, H, T, S}) + addmask, -1, at::kFloat).to(dtype_);
+    at::Tensor probs = at::softmax(scores.view({B, H, T, S}) + addmask, -1, softmax_dtype).to(dtype_);
     at::Tensor ctx = at::bmm(probs.view({B * H, T, S}), vf).view({B, H, T, hd}).permute({0, 2, 1, 3}).reshape({B, T, D});
     at::Tensor a = at::linear(ctx, L.dense_w, L.dense_b) + residual;
     at::Tensor ln2 = at::layer_norm(a, {D}, L.ln2_w, L.ln2_b, eps);
@@ -310,7 +313,8 @@ ForwardOutputs BloomModel::forward(const ForwardInputs& in, const at::Tensor& pr
     // transformers' ForCausalLMLoss: pad labels with -100 on the right, shift left by one, CE over all B·T rows.
     at::Tensor labels = in.labels.to(device_);
     at::Tensor shifted = at::constant_pad_nd(labels, {0, 1}, -100).slice(1, 1).contiguous().view(-1);
-    at::Tensor flat = logits.to(at::kFloat).view({-1, logits.size(-1)});
+    // logits.float() as transformers does; a float64 model keeps float64 (used for finite-difference checks).
+    at::Tensor flat = (logits.scalar_type() == at::kDouble ? logits : logits.to(at::kFloat)).view({-1, logits.size(-1)});
     if (in.num_items_in_batch) {
       at::Tensor sum = at::cross_entropy_loss(flat, shifted, {}, at::Reduction::Sum, -100);
       out.loss = sum / at::scalar_tensor(*in.num_items_in_batch, i64);
