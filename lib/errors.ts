@@ -34,9 +34,10 @@ export class PeftNodeError extends Error {
 /** Re-throws an error from the native addon as a PeftNodeError, keeping its code and message. */
 export function rethrowNative(err: unknown): never {
   if (err instanceof PeftNodeError) throw err;
-  if (err instanceof Error) {
+  // Duck-typed: errors made by the addon come from Node's main realm, so `instanceof Error` fails inside vm contexts.
+  if (typeof err === 'object' && err !== null && typeof (err as Error).message === 'string') {
     const code = (err as Error & { code?: string }).code;
-    throw new PeftNodeError((code as PeftNodeErrorCode) ?? 'ERR_TORCH', err.message, { cause: err });
+    throw new PeftNodeError((code as PeftNodeErrorCode) ?? 'ERR_TORCH', (err as Error).message, { cause: err });
   }
   throw new PeftNodeError('ERR_TORCH', String(err));
 }
