@@ -2,6 +2,8 @@
  * peft-node: Parameter-Efficient Fine-Tuning (prefix tuning of BLOOM) for Node.js, on libtorch.
  * Names mirror Hugging Face transformers and PEFT so that Python notebooks port line by line.
  */
+import './runtime/dispose_polyfill';
+
 export { PeftNodeError, PeftNodeErrorCode } from './errors';
 export { Tensor, TensorType, TensorData, NestedNumbers } from './tensor';
 export { AutoModelForCausalLM } from './models/auto';

@@ -2,6 +2,7 @@
  * PrefixEncoder: PEFT's trainable prefix store (peft/tuners/prefix_tuning/model.py), held in native memory.
  * Embedding(P, 2·L·D), or with prefix_projection Embedding(P, D) -> Linear(D, E) -> Tanh -> Linear(E, 2·L·D).
  */
+import '../runtime/dispose_polyfill';
 import { PeftNodeError, nativeCall } from '../errors';
 import { native, NativePrefixEncoder } from '../runtime/native';
 import { SerialQueue } from '../runtime/serial_queue';

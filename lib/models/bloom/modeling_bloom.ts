@@ -2,6 +2,7 @@
  * BloomForCausalLM: transformers' BLOOM causal LM, computed by the native addon (native/core/bloom.cpp). The base
  * weights are frozen; a prefix (PEFT prefix tuning's past_key_values) can be passed to `forward` and differentiated.
  */
+import '../../runtime/dispose_polyfill';
 import { PeftNodeError, nativeCall } from '../../errors';
 import { PrefixEncoder } from '../../peft/prefix_encoder';
 import { NativeBloomModel, NativeForwardInputs, native } from '../../runtime/native';
