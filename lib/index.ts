@@ -18,4 +18,4 @@ export {
 } from './models/bloom/modeling_bloom';
 export { PrefixEncoder, PrefixEncoderOptions, set_seed } from './peft/prefix_encoder';
 export { readSafetensors, writeSafetensors } from './utils/safetensors';
-export { runtime_info } from './runtime/info';
+export { runtime_info, set_num_threads } from './runtime/info';

@@ -6,8 +6,7 @@
  * - With one thread, as the dumps were made: bit-identical, which proves the op graph is PEFT's.
  */
 import * as path from 'node:path';
-import { AutoModelForCausalLM, BloomForCausalLM, PrefixEncoder, Tensor, runtime_info } from '../lib';
-import { native } from '../lib/runtime/native';
+import { AutoModelForCausalLM, BloomForCausalLM, PrefixEncoder, Tensor, runtime_info, set_num_threads } from '../lib';
 import { ErrorLog, FIXTURES, GoldenCase, asNumbers, goldenCases, goldenTensors, maxRelErr } from './helpers';
 
 const log = new ErrorLog();
@@ -42,8 +41,8 @@ describe.each([
   ['default threads', defaultThreads, 1e-5],
   ['one thread (bit-exact)', 1, 0],
 ] as const)('%s', (_label, threads, tol) => {
-  beforeAll(() => native().setNumThreads(threads));
-  afterAll(() => native().setNumThreads(defaultThreads));
+  beforeAll(() => set_num_threads(threads));
+  afterAll(() => set_num_threads(defaultThreads));
 
   function compare(what: string, actual: Tensor | ArrayLike<number>, expected: Tensor, mask?: (i: number) => boolean) {
     const err = maxRelErr(asNumbers(actual as Tensor), asNumbers(expected), mask);
