@@ -57,7 +57,7 @@ from transformers import (  # noqa: E402
     DataCollatorForSeq2Seq,
     PreTrainedTokenizerFast,
 )
-from peft import PrefixTuningConfig, get_peft_model  # noqa: E402
+from peft import PeftModel, PrefixTuningConfig, get_peft_model  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIX = "test/fixtures"  # relative to REPO_ROOT (the script chdirs there, so name_or_path values are repo-relative)
@@ -168,6 +168,9 @@ CASES = [
          mask=True, labels=True, sum_loss=False),
     dict(name="h4_nomask_nolabels", model="tiny-bloom", P=3, proj=False, enc=None, samples=None,
          text="Human: 你好，world! 🌙\n\nAssistant: ", seed=5678, mask=False, labels=False, sum_loss=False),
+    # init_weights="zero" (PEFT >= 0.19): the last projection layer starts at zero; saved under a non-default name
+    dict(name="h4_zero_proj_named", model="tiny-bloom", P=2, proj=True, enc=16, samples=["c", "g"], seed=6789,
+         mask=True, labels=True, sum_loss=False, init="zero", adapter_name="other"),
 ]
 
 TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
@@ -563,9 +566,12 @@ def run_case(case, tok):
     cfg_kwargs = dict(task_type="CAUSAL_LM", num_virtual_tokens=case["P"], prefix_projection=case["proj"])
     if case["enc"] is not None:
         cfg_kwargs["encoder_hidden_size"] = case["enc"]
+    if case.get("init"):
+        cfg_kwargs["init_weights"] = case["init"]
+    adapter_name = case.get("adapter_name", "default")
     pcfg = PrefixTuningConfig(**cfg_kwargs)
     torch.manual_seed(case["seed"])
-    pm = get_peft_model(model, pcfg)
+    pm = get_peft_model(model, pcfg, adapter_name=adapter_name)
     pm.train()
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
@@ -589,7 +595,7 @@ def run_case(case, tok):
         loss = out.loss.detach().clone()
         out.loss.backward()
     grads = {n: p.grad.detach().clone() for n, p in trainable if p.grad is not None}
-    prompt_emb = pm.get_prompt_embedding_to_save("default").detach().clone()
+    prompt_emb = pm.get_prompt_embedding_to_save(adapter_name).detach().clone()
 
     tensors = {"input_ids": ids}
     if mask is not None:
@@ -613,15 +619,30 @@ def run_case(case, tok):
     adir = os.path.join(FIX, "golden", f"{name}.adapter")
     reset_dir(adir)
     pm.save_pretrained(adir)
+    # a non-default adapter goes to <dir>/<name>/ (PEFT's layout)
+    files_dir = adir if adapter_name == "default" else os.path.join(adir, adapter_name)
+    if os.path.exists(os.path.join(files_dir, "README.md")):
+        os.remove(os.path.join(files_dir, "README.md"))
     if os.path.exists(os.path.join(adir, "README.md")):
         os.remove(os.path.join(adir, "README.md"))
-    saved = load_file(os.path.join(adir, "adapter_model.safetensors"))
+    saved = load_file(os.path.join(files_dir, "adapter_model.safetensors"))
     assert list(saved) == ["prompt_embeddings"] and torch.equal(saved["prompt_embeddings"], prompt_emb)
+
+    # the saved adapter loaded back by PEFT (inference mode): its logits and its print_trainable_parameters line
+    loaded = PeftModel.from_pretrained(load_hf(model_dir, dtype=torch.float32), files_dir)
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        loaded.print_trainable_parameters()
+    loaded_ptp = buf.getvalue().rstrip("\n")
+    with torch.no_grad():
+        loaded_logits = loaded(input_ids=ids, attention_mask=mask).logits
+    loaded_equal = bool(torch.equal(loaded_logits, logits))
+    save_st(path, {**tensors, "loaded_logits": loaded_logits})  # logits of the adapter as PEFT loads it (inference)
 
     # ---- cross-check against the plain-torch reference -------------------------------------------------------
     diffs = cross_check(pm, model, case, ids, mask, labels, num_items, init_params, logits, loss, grads)
 
-    filled = pm.peft_config["default"]
+    filled = pm.peft_config[adapter_name]
     entry = {
         "name": name,
         "model": case["model"],
@@ -643,6 +664,12 @@ def run_case(case, tok):
         "transformers_version": transformers.__version__,
         "torch_version": torch.__version__,
         "trainable_param_names": [n for n, _ in trainable],
+        "all_param_names": [[n, bool(p.requires_grad)] for n, p in pm.named_parameters()],
+        "adapter_name": adapter_name,
+        "init_weights": case.get("init"),
+        "loaded_print_trainable_parameters": loaded_ptp,
+        "loaded_logits_equal": loaded_equal,
+        "loaded_all_param_names": [[n, bool(p.requires_grad)] for n, p in loaded.named_parameters()],
         "print_trainable_parameters": ptp,
         "trainable_params": sum(p.numel() for _, p in trainable),
         "all_params": pm.get_nb_trainable_parameters()[1],
@@ -660,7 +687,7 @@ def cross_check(pm, model, case, ids, mask, labels, num_items, init_params, logi
     sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
     cfg = model.config
     P = case["P"]
-    pre = "prompt_encoder.default."
+    pre = f"prompt_encoder.{case.get('adapter_name', 'default')}."
     leaf = {n[len(pre):]: t.clone().requires_grad_(True) for n, t in init_params.items()}
     if case["proj"]:
         def enc(toks):

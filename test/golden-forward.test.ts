@@ -71,9 +71,10 @@ describe.each([
         prefix_projection: c.prefix_projection,
       });
       try {
-        const names = c.trainable_param_names.map((n) => n.replace('prompt_encoder.default.', ''));
+        const pre = `prompt_encoder.${c.adapter_name}.`;
+        const names = c.trainable_param_names.map((n) => n.slice(pre.length));
         expect(enc.parameter_shapes().map(([n]) => n)).toEqual(names);
-        for (const n of names) await enc.set_parameter(n, g.get(`param.prompt_encoder.default.${n}`)!);
+        for (const n of names) await enc.set_parameter(n, g.get(`param.${pre}${n}`)!);
         const out = await m.forward(inputsOf(c, g), { encoder: enc, backward: c.has_labels });
         compareLogits(c, g, out.logits!, 'encoder');
         if (c.has_labels) {
@@ -81,7 +82,7 @@ describe.each([
           for (const n of names) {
             const grad = await enc.get_grad(n);
             expect(grad).not.toBeNull();
-            compare(`${c.name} grad ${n}`, grad!, g.get(`grad.prompt_encoder.default.${n}`)!);
+            compare(`${c.name} grad ${n}`, grad!, g.get(`grad.${pre}${n}`)!);
           }
         } else {
           expect(out.loss).toBeUndefined();
@@ -96,12 +97,12 @@ describe.each([
     if (!c.prefix_projection) {
       test('through a raw [P, 2·L·D] prefix passed to forward', async () => {
         const m = await model(c.model);
-        const prefix = g.get('param.prompt_encoder.default.embedding.weight')!;
+        const prefix = g.get(`param.prompt_encoder.${c.adapter_name}.embedding.weight`)!;
         const out = await m.forward(inputsOf(c, g), { prefix, backward: c.has_labels });
         compareLogits(c, g, out.logits!, 'raw prefix');
         if (c.has_labels) {
           expect(out.prefix_grad!.dims).toEqual(prefix.dims);
-          compare(`${c.name} raw prefix grad`, out.prefix_grad!, g.get('grad.prompt_encoder.default.embedding.weight')!);
+          compare(`${c.name} raw prefix grad`, out.prefix_grad!, g.get(`grad.prompt_encoder.${c.adapter_name}.embedding.weight`)!);
         }
       });
     }

@@ -22,6 +22,13 @@ export interface GoldenCase {
   seed: number;
   trainable_param_names: string[];
   print_trainable_parameters: string;
+  all_param_names: [string, boolean][];
+  adapter_name: string;
+  adapter_dir: string;
+  init_weights: string | null;
+  peft_config: Record<string, unknown>;
+  loaded_print_trainable_parameters: string;
+  loaded_all_param_names: [string, boolean][];
 }
 
 export function goldenCases(): GoldenCase[] {
