@@ -16,6 +16,18 @@ export {
   FromPretrainedOptions,
   Parameter,
 } from './models/bloom/modeling_bloom';
-export { PrefixEncoder, PrefixEncoderOptions, set_seed } from './peft/prefix_encoder';
+export { PrefixEncoder, PrefixEncoderOptions } from './peft/prefix_encoder';
+export { set_seed } from './runtime/rng';
 export { readSafetensors, writeSafetensors } from './utils/safetensors';
 export { runtime_info, set_num_threads } from './runtime/info';
+export { PEFT_FORMAT_VERSION, PeftType, PrefixTuningConfig, PrefixTuningConfigFields, TaskType } from './peft/config';
+export {
+  PeftForwardOptions,
+  PeftFromPretrainedOptions,
+  PeftModel,
+  PeftModelForCausalLM,
+  SavePretrainedOptions,
+  count_prefix_tuning_parameters,
+  format_trainable_parameters,
+  get_peft_model,
+} from './peft/peft_model';

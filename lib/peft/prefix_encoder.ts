@@ -5,6 +5,7 @@
 import '../runtime/dispose_polyfill';
 import { PeftNodeError, nativeCall } from '../errors';
 import { native, NativePrefixEncoder } from '../runtime/native';
+import { withGlobalGenerator } from '../runtime/rng';
 import { SerialQueue } from '../runtime/serial_queue';
 import { Tensor, isFloatArray } from '../tensor';
 
@@ -32,19 +33,21 @@ export class PrefixEncoder {
     this.handle = handle;
   }
 
-  /** Creates the modules with torch's default initialisation from the global seed (see `set_seed`). */
+  /** Creates the modules with torch's default initialisation, drawn from the global generator (see `set_seed`). */
   static async create(opts: PrefixEncoderOptions): Promise<PrefixEncoder> {
-    const handle = await nativeCall(() =>
-      native().PrefixEncoder.create({
-        numVirtualTokens: opts.num_virtual_tokens,
-        numLayers: opts.num_layers,
-        tokenDim: opts.token_dim,
-        encoderHiddenSize: opts.encoder_hidden_size ?? opts.token_dim,
-        prefixProjection: opts.prefix_projection ?? false,
-        inferenceMode: opts.inference_mode ?? false,
-        zeroInit: opts.zero_init ?? false,
-        device: opts.device ?? 'cpu',
-      }),
+    const handle = await withGlobalGenerator(() =>
+      nativeCall(() =>
+        native().PrefixEncoder.create({
+          numVirtualTokens: opts.num_virtual_tokens,
+          numLayers: opts.num_layers,
+          tokenDim: opts.token_dim,
+          encoderHiddenSize: opts.encoder_hidden_size ?? opts.token_dim,
+          prefixProjection: opts.prefix_projection ?? false,
+          inferenceMode: opts.inference_mode ?? false,
+          zeroInit: opts.zero_init ?? false,
+          device: opts.device ?? 'cpu',
+        }),
+      ),
     );
     return new PrefixEncoder(handle);
   }
@@ -103,11 +106,4 @@ export class PrefixEncoder {
   async [Symbol.asyncDispose](): Promise<void> {
     await this.dispose();
   }
-}
-
-/** Seeds torch's default CPU generator, so prefix initialisation is reproducible (transformers' `set_seed`). */
-export function set_seed(seed: number): void {
-  if (!Number.isSafeInteger(seed) || seed < 0)
-    throw new PeftNodeError('ERR_INVALID_INPUT', `seed must be a non-negative integer, got ${seed}`);
-  native().manualSeed(seed);
 }

@@ -3,8 +3,8 @@
  * `safetensors` package does (compact JSON header padded with spaces to a multiple of 8). Writes are atomic.
  */
 import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { PeftNodeError } from '../errors';
+import { writeFileAtomic } from './fs_atomic';
 import { Tensor, TensorType } from '../tensor';
 
 const DTYPES: Record<string, { type: TensorType; bytes: number } | undefined> = {
@@ -107,23 +107,6 @@ export function serializeSafetensors(tensors: [string, Tensor][], metadata?: Rec
     pos += t.data.byteLength;
   }
   return out;
-}
-
-/** Writes a file atomically: a temp file in the same directory, fsync, then rename over the target. */
-export function writeFileAtomic(file: string, data: Buffer | string): void {
-  const dir = path.dirname(file);
-  const tmp = path.join(dir, `.${path.basename(file)}.${process.pid}.${Date.now()}.tmp`);
-  const fd = fs.openSync(tmp, 'w');
-  try {
-    fs.writeSync(fd, typeof data === 'string' ? Buffer.from(data, 'utf8') : data);
-    fs.fsyncSync(fd);
-  } catch (err) {
-    fs.closeSync(fd);
-    fs.rmSync(tmp, { force: true });
-    throw err;
-  }
-  fs.closeSync(fd);
-  fs.renameSync(tmp, file);
 }
 
 /** Writes a safetensors file atomically. */
