@@ -31,3 +31,29 @@ export {
   format_trainable_parameters,
   get_peft_model,
 } from './peft/peft_model';
+export { AutoTokenizer, AutoTokenizerOptions } from './tokenizer/auto';
+export {
+  PreTrainedTokenizer,
+  BatchEncoding,
+  DecodeOptions,
+  EncodedExample,
+  PadOptions,
+  PaddedBatch,
+  PaddingStrategy,
+  TokenizerCallOptions,
+  TruncationStrategy,
+} from './tokenizer/tokenization_utils';
+export { load_dataset, LoadDatasetOptions } from './data/load_dataset';
+export { Dataset, DatasetDict, Row, Batch, MapOptions, FilterOptions, ShuffleOptions, TrainTestSplitOptions } from './data/dataset';
+export { DataFiles } from './data/data_files';
+export { default_rng } from './data/numpy_random';
+export {
+  DataCollatorForSeq2Seq,
+  DataCollatorForSeq2SeqOptions,
+  Seq2SeqBatch,
+  Seq2SeqFeature,
+} from './data/data_collator';
+export { TrainingArguments, TrainingArgumentsOptions } from './trainer/training_args';
+export { Trainer, TrainerOptions, TrainOptions, TrainOutput, DataCollator } from './trainer/trainer';
+export { TrainerCallback, PrinterCallback, ProgressCallback } from './trainer/callbacks';
+export { TrainerState } from './trainer/trainer_state';

@@ -4,7 +4,7 @@
  */
 import '../runtime/dispose_polyfill';
 import { PeftNodeError, nativeCall } from '../errors';
-import { native, NativePrefixEncoder } from '../runtime/native';
+import { native, NativeOptimizerState, NativePrefixEncoder } from '../runtime/native';
 import { withGlobalGenerator } from '../runtime/rng';
 import { SerialQueue } from '../runtime/serial_queue';
 import { Tensor, isFloatArray } from '../tensor';
@@ -95,6 +95,43 @@ export class PrefixEncoder {
     const { numVirtualTokens } = this.handle.options();
     const data = await this.queue.run(() => nativeCall(() => this.handle.promptEmbeddings()));
     return new Tensor('float32', data, [numVirtualTokens, data.length / numVirtualTokens]);
+  }
+
+  /**
+   * One optimizer update from the accumulated gradients, as HF Trainer does it: clip_grad_norm_ (when
+   * max_grad_norm > 0), AdamW (torch's single-tensor algorithm), zero_grad. Returns the pre-clip gradient norm.
+   */
+  async optimizer_step(options: {
+    lr: number;
+    betas: [number, number];
+    eps: number;
+    weight_decay: number[];
+    max_grad_norm: number;
+  }): Promise<number> {
+    this.check();
+    return this.queue.run(() =>
+      nativeCall(() =>
+        this.handle.optimizerStep({
+          lr: options.lr,
+          beta1: options.betas[0],
+          beta2: options.betas[1],
+          eps: options.eps,
+          weightDecay: options.weight_decay,
+          maxGradNorm: options.max_grad_norm,
+        }),
+      ),
+    );
+  }
+
+  /** AdamW state (exp_avg, exp_avg_sq, step per parameter), for checkpoints. */
+  async get_optimizer_state(): Promise<NativeOptimizerState> {
+    this.check();
+    return this.queue.run(() => nativeCall(() => this.handle.getOptimizerState()));
+  }
+
+  async set_optimizer_state(state: NativeOptimizerState): Promise<void> {
+    this.check();
+    await this.queue.run(() => nativeCall(() => this.handle.setOptimizerState(state)));
   }
 
   async dispose(): Promise<void> {

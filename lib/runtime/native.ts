@@ -67,7 +67,28 @@ export interface NativePrefixEncoder {
   setParameter(name: string, value: Float32Array | Float64Array): Promise<void>;
   zeroGrad(): Promise<void>;
   promptEmbeddings(): Promise<Float32Array>;
+  optimizerStep(options: NativeOptimizerStep): Promise<number>;
+  getOptimizerState(): Promise<NativeOptimizerState>;
+  setOptimizerState(state: NativeOptimizerState): Promise<void>;
   dispose(): Promise<void>;
+}
+
+export interface NativeOptimizerStep {
+  lr: number;
+  beta1: number;
+  beta2: number;
+  eps: number;
+  /** One value per parameter, in parameter order. */
+  weightDecay: number[];
+  /** <= 0: measure the norm without clipping. */
+  maxGradNorm: number;
+}
+
+/** AdamW state in parameter order (empty arrays before the first step). */
+export interface NativeOptimizerState {
+  step: number[];
+  exp_avg: (Float32Array | null)[];
+  exp_avg_sq: (Float32Array | null)[];
 }
 
 export interface NativeInfo {

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "core/adamw.h"
 #include "core/bloom.h"
 #include "core/prefix_encoder.h"
 
@@ -21,6 +22,7 @@ struct ModelState {
 struct EncoderState {
   std::mutex mu;
   std::unique_ptr<PrefixEncoder> encoder;
+  AdamW optimizer;  // state for the encoder's parameters, in their order
 };
 
 // Per-environment data: the constructors, to create instances from workers and to check `instanceof`.
@@ -81,6 +83,9 @@ class PrefixEncoderWrap : public Napi::ObjectWrap<PrefixEncoderWrap> {
   Napi::Value PromptEmbeddings(const Napi::CallbackInfo& info);
   Napi::Value Dispose(const Napi::CallbackInfo& info);
   Napi::Value NamesWithGrad(const Napi::CallbackInfo& info);
+  Napi::Value OptimizerStep(const Napi::CallbackInfo& info);
+  Napi::Value GetOptimizerState(const Napi::CallbackInfo& info);
+  Napi::Value SetOptimizerState(const Napi::CallbackInfo& info);
 
   std::shared_ptr<EncoderState> state_;
   std::vector<ParamMeta> meta_;

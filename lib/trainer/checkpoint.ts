@@ -1,0 +1,123 @@
+/**
+ * Checkpoints: `output_dir/checkpoint-N/` with the PEFT-format adapter (loadable by Python PEFT), the full trainable
+ * state (the projection MLP too), AdamW state, the scheduler position, the sampler position and loss accumulators
+ * (so a resumed run is bit-identical), trainer_state.json in HF's schema, and the learning curve. Each checkpoint is
+ * written to a temporary directory and renamed into place: a crash never leaves a half checkpoint.
+ */
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { PeftNodeError } from '../errors';
+import { PeftModelForCausalLM } from '../peft/peft_model';
+import { PrefixEncoder } from '../peft/prefix_encoder';
+import { Tensor } from '../tensor';
+import { writeDirAtomic } from '../utils/fs_atomic';
+import { readSafetensors, serializeSafetensors } from '../utils/safetensors';
+import { loss_svg } from './loss_plot';
+import { TrainingArguments } from './training_args';
+import { TrainerState } from './trainer_state';
+
+/** What HF does not save but exact resumption needs: the loss accumulators of the current logging window. */
+export interface ResumeState {
+  tr_loss: number;
+  total_loss_scalar: number;
+  globalstep_last_logged: number;
+  current_flos: number;
+}
+
+const PREFIX = 'checkpoint-';
+const TRAINABLE = 'trainable_state.safetensors';
+const OPTIMIZER = 'optimizer.safetensors';
+const RESUME = 'resume_state.json';
+
+/** Complete checkpoints in `output_dir`, oldest first (temporary directories start with a dot and are ignored). */
+export function list_checkpoints(output_dir: string): string[] {
+  if (!fs.existsSync(output_dir)) return [];
+  return fs
+    .readdirSync(output_dir)
+    .filter((n) => new RegExp(`^${PREFIX}\\d+$`).test(n) && fs.existsSync(path.join(output_dir, n, 'trainer_state.json')))
+    .sort((a, b) => Number(a.slice(PREFIX.length)) - Number(b.slice(PREFIX.length)))
+    .map((n) => path.join(output_dir, n));
+}
+
+export function latest_checkpoint(output_dir: string): string | undefined {
+  return list_checkpoints(output_dir).at(-1);
+}
+
+/** HF's _rotate_checkpoints: delete the oldest checkpoints beyond `limit`. */
+export function rotate_checkpoints(output_dir: string, limit: number): void {
+  const all = list_checkpoints(output_dir);
+  for (const dir of all.slice(0, Math.max(0, all.length - limit))) fs.rmSync(dir, { recursive: true, force: true });
+}
+
+export async function save_checkpoint(opts: {
+  output_dir: string;
+  model: PeftModelForCausalLM;
+  encoder: PrefixEncoder;
+  state: TrainerState;
+  args: TrainingArguments;
+  resume: ResumeState;
+  tokenizer?: { save_pretrained?(dir: string): unknown };
+}): Promise<string> {
+  const { encoder, state } = opts;
+  const dir = path.join(opts.output_dir, `${PREFIX}${state.global_step}`);
+  // Everything async first; then one synchronous write into a temporary directory.
+  const names = encoder.parameter_shapes();
+  const params: [string, Tensor][] = [];
+  for (const [n] of names) params.push([n, await encoder.get_parameter(n)]);
+  const opt = await encoder.get_optimizer_state();
+  const optTensors: [string, Tensor][] = [];
+  const optMeta: Record<string, string> = { format: 'pt' };
+  opt.step.forEach((step, i) => {
+    const [n, shape] = names[i];
+    optMeta[`step.${n}`] = String(step);
+    if (opt.exp_avg[i]) optTensors.push([`exp_avg.${n}`, new Tensor('float32', opt.exp_avg[i]!, shape)]);
+    if (opt.exp_avg_sq[i]) optTensors.push([`exp_avg_sq.${n}`, new Tensor('float32', opt.exp_avg_sq[i]!, shape)]);
+  });
+  const adapterTmp = fs.mkdtempSync(path.join(os.tmpdir(), 'peft-node-adapter-'));
+  try {
+    await opts.model.save_pretrained(adapterTmp);
+    writeDirAtomic(dir, (tmp) => {
+      for (const f of fs.readdirSync(adapterTmp)) fs.cpSync(path.join(adapterTmp, f), path.join(tmp, f), { recursive: true });
+      fs.writeFileSync(path.join(tmp, TRAINABLE), serializeSafetensors(params, { format: 'pt' }));
+      fs.writeFileSync(path.join(tmp, OPTIMIZER), serializeSafetensors(optTensors, optMeta));
+      fs.writeFileSync(path.join(tmp, RESUME), JSON.stringify({ ...opts.resume, tr_loss_bits: Buffer.from(new Float32Array([opts.resume.tr_loss]).buffer).toString('hex') }, null, 2));
+      fs.writeFileSync(path.join(tmp, 'training_args.json'), JSON.stringify(opts.args.to_dict(), null, 2));
+      fs.writeFileSync(path.join(tmp, 'loss.svg'), loss_svg(state.log_history));
+      opts.tokenizer?.save_pretrained?.(tmp);
+      fs.writeFileSync(path.join(tmp, 'trainer_state.json'), state.to_json_string()); // last: marks the checkpoint complete
+    });
+  } finally {
+    fs.rmSync(adapterTmp, { recursive: true, force: true });
+  }
+  fs.writeFileSync(path.join(opts.output_dir, 'loss.svg'), loss_svg(state.log_history));
+  return dir;
+}
+
+export async function load_checkpoint(dir: string, encoder: PrefixEncoder): Promise<{ state: TrainerState; resume: ResumeState }> {
+  const need = (f: string) => {
+    const p = path.join(dir, f);
+    if (!fs.existsSync(p)) throw new PeftNodeError('ERR_FILE_NOT_FOUND', `checkpoint ${dir} is incomplete: ${f} not found`);
+    return p;
+  };
+  const state = TrainerState.from_json_file(need('trainer_state.json'));
+  const params = readSafetensors(need(TRAINABLE)).tensors;
+  const names = encoder.parameter_shapes();
+  for (const [n, shape] of names) {
+    const t = params.get(n);
+    if (!t) throw new PeftNodeError('ERR_WEIGHT_MISSING', `${path.join(dir, TRAINABLE)} has no '${n}': the checkpoint is for another prefix configuration`);
+    if (t.dims.join() !== shape.join()) throw new PeftNodeError('ERR_SHAPE_MISMATCH', `${path.join(dir, TRAINABLE)}: '${n}' has shape [${t.dims}], the model expects [${shape}]`);
+    await encoder.set_parameter(n, t);
+  }
+  const opt = readSafetensors(need(OPTIMIZER));
+  const steps = names.map(([n]) => opt.metadata[`step.${n}`]);
+  if (steps.every((s) => s !== undefined))
+    await encoder.set_optimizer_state({
+      step: steps.map(Number),
+      exp_avg: names.map(([n]) => (opt.tensors.get(`exp_avg.${n}`)?.data as Float32Array) ?? null),
+      exp_avg_sq: names.map(([n]) => (opt.tensors.get(`exp_avg_sq.${n}`)?.data as Float32Array) ?? null),
+    });
+  const raw = JSON.parse(fs.readFileSync(need(RESUME), 'utf8')) as ResumeState & { tr_loss_bits?: string };
+  const tr_loss = raw.tr_loss_bits ? new Float32Array(new Uint8Array(Buffer.from(raw.tr_loss_bits, 'hex')).buffer)[0] : raw.tr_loss;
+  return { state, resume: { tr_loss, total_loss_scalar: raw.total_loss_scalar, globalstep_last_logged: raw.globalstep_last_logged, current_flos: raw.current_flos } };
+}

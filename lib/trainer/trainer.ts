@@ -1,0 +1,377 @@
+/**
+ * Trainer: HF transformers 5.17's training loop for a PEFT prefix-tuning model, step for step — the seeded sample
+ * order, gradient accumulation with num_items_in_batch normalisation, clipping, torch's AdamW, LambdaLR, logging and
+ * checkpoints — with the heavy work (forward, backward, optimizer step) native and off the main thread. Beyond HF:
+ * checkpoints hold the full trainable state so `resume_from_checkpoint` continues bit-identically, and training can be
+ * stopped (AbortSignal, Ctrl-C) after the current step with a checkpoint saved.
+ */
+import { PeftNodeError } from '../errors';
+import { PeftModelForCausalLM } from '../peft/peft_model';
+import { PrefixEncoder } from '../peft/prefix_encoder';
+import { set_seed } from '../runtime/rng';
+import { Tensor } from '../tensor';
+import { randperm } from '../utils/torch_random';
+import { PrinterCallback, ProgressCallback, TrainerCallback } from './callbacks';
+import { load_checkpoint, save_checkpoint, rotate_checkpoints, latest_checkpoint, ResumeState } from './checkpoint';
+import { learning_rate_at, uses_weight_decay } from './optimization';
+import { TrainingArguments } from './training_args';
+import { LogEntry, TrainerState } from './trainer_state';
+
+/** A row source: a Dataset (`num_rows` + `at(i)`), or an array of rows. */
+export type TrainDataset = { num_rows: number; at(i: number): Record<string, unknown> } | Record<string, unknown>[];
+
+/** A batch the model takes: int tensors / arrays [B, T]. */
+export type Batch = Record<string, unknown> & { input_ids: unknown; attention_mask?: unknown; labels?: unknown };
+
+/** HF's data_collator: called with the list of rows of one micro-batch. */
+export type DataCollator = ((features: Record<string, unknown>[]) => Batch) | { call(features: Record<string, unknown>[]): Batch };
+
+export interface TrainerOptions {
+  model: PeftModelForCausalLM;
+  args?: TrainingArguments;
+  train_dataset?: TrainDataset;
+  eval_dataset?: TrainDataset;
+  data_collator?: DataCollator;
+  /** The tokenizer; saved into each checkpoint when it has save_pretrained. */
+  processing_class?: { save_pretrained?(dir: string): unknown };
+  /** Deprecated alias of processing_class, as in transformers. */
+  tokenizer?: { save_pretrained?(dir: string): unknown };
+  callbacks?: TrainerCallback[];
+}
+
+export interface TrainOptions {
+  /** A checkpoint directory, or true for the latest checkpoint in output_dir. */
+  resume_from_checkpoint?: string | boolean;
+  /** Stops after the current optimizer step, saves a checkpoint and resolves (TrainOutput.interrupted). */
+  signal?: AbortSignal;
+  /** Also stop like that on Ctrl-C (SIGINT) while training (default true). */
+  handle_sigint?: boolean;
+}
+
+export interface TrainOutput {
+  global_step: number;
+  training_loss: number;
+  metrics: LogEntry;
+  /** True when stopped early by the signal or Ctrl-C (a checkpoint was saved). */
+  interrupted: boolean;
+}
+
+// Columns of BloomForCausalLM.forward (HF's remove_unused_columns keeps only these, plus label names).
+const MODEL_INPUTS = new Set(['input_ids', 'attention_mask', 'labels', 'label', 'label_ids']);
+
+function datasetLength(ds: TrainDataset): number {
+  return Array.isArray(ds) ? ds.length : ds.num_rows;
+}
+function datasetRow(ds: TrainDataset, i: number): Record<string, unknown> {
+  return Array.isArray(ds) ? ds[i] : ds.at(i);
+}
+
+/** Rows → batch without padding (HF's default_data_collator needs equal lengths). */
+function defaultCollator(features: Record<string, unknown>[]): Batch {
+  const out: Record<string, unknown> = {};
+  for (const key of Object.keys(features[0])) {
+    const cols = features.map((f) => f[key] as number[]);
+    const len = cols[0]?.length;
+    if (cols.some((c) => !Array.isArray(c) || c.length !== len))
+      throw new PeftNodeError('ERR_INVALID_INPUT', `rows of different lengths in '${key}': pass a data_collator that pads (DataCollatorForSeq2Seq)`);
+    out[key] = cols;
+  }
+  return out as Batch;
+}
+
+/** The labels of a batch as nested arrays [B][T]. */
+function labelRows(labels: unknown): number[][] {
+  if (labels instanceof Tensor || (labels && typeof labels === 'object' && 'dims' in (labels as object) && 'data' in (labels as object))) {
+    const t = labels as Tensor;
+    const [B, T] = t.dims.length === 1 ? [1, t.dims[0]] : t.dims;
+    const flat = Array.from(t.data as ArrayLike<number | bigint>, Number);
+    return Array.from({ length: B }, (_, b) => flat.slice(b * T, (b + 1) * T));
+  }
+  const a = labels as number[][] | number[];
+  return Array.isArray(a[0]) ? (a as number[][]) : [a as number[]];
+}
+
+function numelOf(x: unknown): number {
+  if (x && typeof x === 'object' && 'dims' in (x as object)) return (x as Tensor).dims.reduce((a, b) => a * b, 1);
+  return (x as number[][]).reduce((n, r) => n + (Array.isArray(r) ? r.length : 1), 0);
+}
+
+export class Trainer {
+  readonly model: PeftModelForCausalLM;
+  readonly args: TrainingArguments;
+  readonly train_dataset?: TrainDataset;
+  readonly eval_dataset?: TrainDataset;
+  readonly data_collator: (features: Record<string, unknown>[]) => Batch;
+  readonly processing_class?: { save_pretrained?(dir: string): unknown };
+  readonly callbacks: TrainerCallback[];
+  state = new TrainerState();
+
+  constructor(options: TrainerOptions) {
+    if (!(options.model instanceof PeftModelForCausalLM))
+      throw new PeftNodeError('ERR_INVALID_INPUT', 'Trainer needs model: a PeftModelForCausalLM (from get_peft_model)');
+    this.model = options.model;
+    this.args = options.args ?? new TrainingArguments();
+    if (!(this.args instanceof TrainingArguments)) throw new PeftNodeError('ERR_INVALID_INPUT', 'Trainer: args must be a TrainingArguments');
+    this.train_dataset = options.train_dataset;
+    this.eval_dataset = options.eval_dataset;
+    const c = options.data_collator;
+    this.data_collator = !c ? defaultCollator : typeof c === 'function' ? c : (f) => c.call(f);
+    this.processing_class = options.processing_class ?? options.tokenizer;
+    const reporting = this.args.disable_tqdm || !process.stderr.isTTY ? new PrinterCallback() : new ProgressCallback();
+    this.callbacks = [reporting, ...(options.callbacks ?? [])];
+    set_seed(this.args.seed); // transformers' Trainer seeds in __init__
+  }
+
+  private async emit<K extends keyof TrainerCallback>(event: K, ...rest: unknown[]): Promise<void> {
+    for (const cb of this.callbacks) {
+      const fn = cb[event] as ((...a: unknown[]) => unknown) | undefined;
+      if (fn) await fn.call(cb, this.args, this.state, ...rest);
+    }
+  }
+
+  private prepareRow(row: Record<string, unknown>): Record<string, unknown> {
+    if (!this.args.remove_unused_columns) return row;
+    const kept: Record<string, unknown> = {};
+    for (const [k, v] of Object.entries(row)) if (MODEL_INPUTS.has(k)) kept[k] = v;
+    if (!('input_ids' in kept)) throw new PeftNodeError('ERR_INVALID_INPUT', `training rows need an 'input_ids' column (found: ${Object.keys(row).join(', ')})`);
+    return kept;
+  }
+
+  private async runBatch(batch: Batch, num_items_in_batch: number | undefined, backward: boolean) {
+    return this.model.forward(
+      {
+        input_ids: batch.input_ids as never,
+        attention_mask: batch.attention_mask as never,
+        labels: batch.labels as never,
+        num_items_in_batch,
+      },
+      { backward, return_logits: false },
+    );
+  }
+
+  /** Runs training as HF's Trainer.train() does; resolves with { global_step, training_loss, metrics }. */
+  async train(options: TrainOptions = {}): Promise<TrainOutput> {
+    const args = this.args;
+    const ds = this.train_dataset;
+    if (!ds) throw new PeftNodeError('ERR_INVALID_INPUT', 'Trainer.train() needs a train_dataset');
+    const N = datasetLength(ds);
+    const bs = args.per_device_train_batch_size, GA = args.gradient_accumulation_steps;
+    const lenDataloader = args.dataloader_drop_last ? Math.floor(N / bs) : Math.ceil(N / bs);
+    if (lenDataloader === 0) throw new PeftNodeError('ERR_INVALID_INPUT', `train_dataset has ${N} rows: not one batch of ${bs}`);
+    const updatesPerEpoch = Math.max(Math.floor(lenDataloader / GA) + (lenDataloader % GA > 0 ? 1 : 0), 1);
+    let maxSteps: number, numEpochs: number, numTrainSamples: number;
+    if (args.max_steps > 0) {
+      maxSteps = args.max_steps;
+      numEpochs = Math.floor(maxSteps / updatesPerEpoch) + (maxSteps % updatesPerEpoch > 0 ? 1 : 0);
+      numTrainSamples = maxSteps * bs * GA;
+    } else {
+      maxSteps = Math.ceil(args.num_train_epochs * updatesPerEpoch);
+      numEpochs = Math.ceil(args.num_train_epochs);
+      numTrainSamples = N * args.num_train_epochs;
+    }
+    const warmup = args.get_warmup_steps(maxSteps);
+    const dataSeed = args.data_seed ?? args.seed;
+    const encoder: PrefixEncoder = await this.model.prompt_encoder();
+    const paramNames = encoder.parameter_shapes().map(([n]) => n);
+    const weightDecay = paramNames.map((n) => (uses_weight_decay(n) ? args.weight_decay : 0.0));
+    // HF's floating_point_ops: 6 · tokens · base parameters without the embeddings.
+    const flopParams = this.model.base_model.num_parameters() - this.model.base_model.config.vocab_size * this.model.base_model.config.hidden_size;
+
+    // --- state, possibly from a checkpoint
+    const state = (this.state = new TrainerState());
+    state.max_steps = maxSteps;
+    state.num_train_epochs = numEpochs;
+    state.train_batch_size = bs;
+    const stepsOf = (v: number | null) => (v === null ? 0 : v < 1 ? Math.ceil(maxSteps * v) : v);
+    state.logging_steps = stepsOf(args.logging_steps);
+    state.eval_steps = stepsOf(args.eval_steps ?? args.logging_steps);
+    state.save_steps = stepsOf(args.save_steps);
+    let resume: ResumeState = { tr_loss: 0, total_loss_scalar: 0, globalstep_last_logged: 0, current_flos: 0 };
+    let resumeDir: string | undefined;
+    if (options.resume_from_checkpoint) {
+      resumeDir = options.resume_from_checkpoint === true ? latest_checkpoint(args.output_dir) : options.resume_from_checkpoint;
+      if (!resumeDir) throw new PeftNodeError('ERR_FILE_NOT_FOUND', `no checkpoint found in ${args.output_dir} to resume from`);
+      const loaded = await load_checkpoint(resumeDir, encoder);
+      Object.assign(state, loaded.state, { max_steps: maxSteps, num_train_epochs: numEpochs });
+      resume = loaded.resume;
+    }
+    const epochsTrained = Math.floor(state.global_step / updatesPerEpoch);
+    let updatesTrainedInEpoch = state.global_step % updatesPerEpoch;
+
+    this.model.train();
+    let trLoss = Math.fround(resume.tr_loss); // HF accumulates in a float32 tensor
+    let totalLossScalar = resume.total_loss_scalar;
+    let lastLogged = resume.globalstep_last_logged;
+    let currentFlos = resume.current_flos;
+    const start = performance.now();
+
+    const controller = new AbortController();
+    const onAbort = () => controller.abort();
+    options.signal?.addEventListener('abort', onAbort);
+    if (options.signal?.aborted) controller.abort();
+    const sigint = options.handle_sigint ?? true;
+    if (sigint) process.on('SIGINT', onAbort);
+
+    let interrupted = false;
+    let gradNorm: number | undefined;
+    let learningRate: number | undefined;
+    await this.emit('on_train_begin');
+    try {
+      outer: for (let epoch = epochsTrained; epoch < numEpochs; epoch++) {
+        const perm = randperm(N, dataSeed + epoch);
+        const batches: number[][] = [];
+        for (let i = 0; i + (args.dataloader_drop_last ? bs : 1) <= N; i += bs) batches.push(perm.slice(i, i + bs));
+        const stepsInEpoch = lenDataloader;
+        const remainder = stepsInEpoch % GA || GA;
+        let step = updatesTrainedInEpoch * GA - 1;
+        let cursor = updatesTrainedInEpoch * GA;
+        for (let update = updatesTrainedInEpoch; update < updatesPerEpoch; update++) {
+          const nBatches = update !== updatesPerEpoch - 1 ? GA : remainder;
+          const group = batches.slice(cursor, cursor + nBatches).map((idx) => this.data_collator(idx.map((i) => this.prepareRow(datasetRow(ds, i)))));
+          cursor += nBatches;
+          // transformers 5.17 counts labels[..., 1:] for causal LMs (the first label is never predicted).
+          const numItems = group.every((b) => b.labels !== undefined)
+            ? group.reduce((n, b) => n + labelRows(b.labels).reduce((m, r) => m + r.slice(1).filter((v) => v !== -100).length, 0), 0)
+            : undefined;
+          for (const batch of group) {
+            step++;
+            const doSync = (step + 1) % GA === 0 || step + 1 === stepsInEpoch;
+            const out = await this.runBatch(batch, numItems && numItems > 0 ? numItems : undefined, true);
+            const loss = out.loss ?? NaN;
+            if (args.logging_nan_inf_filter && !Number.isFinite(loss)) trLoss = Math.fround(trLoss + Math.fround(trLoss / (1 + state.global_step - lastLogged)));
+            else trLoss = Math.fround(trLoss + loss);
+            currentFlos += 6 * numelOf(batch.input_ids) * flopParams;
+            if (!doSync) continue;
+            learningRate = learning_rate_at(args.learning_rate, args.lr_scheduler_type, state.global_step, warmup, maxSteps);
+            gradNorm = await encoder.optimizer_step({
+              lr: learningRate,
+              betas: [args.adam_beta1, args.adam_beta2],
+              eps: args.adam_epsilon,
+              weight_decay: weightDecay,
+              max_grad_norm: args.max_grad_norm,
+            });
+            state.global_step += 1;
+            state.epoch = epoch + (step + 1) / stepsInEpoch;
+            await this.emit('on_step_end');
+            // DefaultFlowCallback's decisions.
+            const gs = state.global_step;
+            const shouldLog = (gs === 1 && args.logging_first_step) || (args.logging_strategy === 'steps' && gs % state.logging_steps === 0);
+            const shouldEval = args.eval_strategy === 'steps' && (gs % state.eval_steps === 0 || gs >= maxSteps);
+            let shouldSave = args.save_strategy === 'steps' && state.save_steps > 0 && gs % state.save_steps === 0;
+            const stop = gs >= maxSteps;
+            if (stop && args.save_strategy === 'steps') shouldSave = true;
+            if (controller.signal.aborted) {
+              interrupted = true;
+              shouldSave = true;
+            }
+            if (shouldLog && gs > lastLogged) {
+              const trLossScalar = trLoss;
+              trLoss = Math.fround(trLoss - trLoss);
+              const logs: LogEntry = { loss: trLossScalar / (gs - lastLogged) };
+              if (gradNorm !== undefined) logs.grad_norm = gradNorm;
+              logs.learning_rate = learningRate;
+              totalLossScalar += trLossScalar;
+              lastLogged = gs;
+              state.total_flos += currentFlos;
+              currentFlos = 0;
+              await this.log(logs);
+            }
+            if (shouldEval && this.eval_dataset) await this.evaluate();
+            if (shouldSave) await this.saveCheckpoint(encoder, { tr_loss: trLoss, total_loss_scalar: totalLossScalar, globalstep_last_logged: lastLogged, current_flos: currentFlos });
+            if (stop || interrupted) break outer;
+          }
+        }
+        updatesTrainedInEpoch = 0;
+        if (args.logging_strategy === 'epoch' && state.global_step > lastLogged) {
+          const trLossScalar = trLoss;
+          trLoss = Math.fround(trLoss - trLoss);
+          const logs: LogEntry = { loss: trLossScalar / (state.global_step - lastLogged) };
+          if (gradNorm !== undefined) logs.grad_norm = gradNorm;
+          if (learningRate !== undefined) logs.learning_rate = learningRate;
+          totalLossScalar += trLossScalar;
+          lastLogged = state.global_step;
+          state.total_flos += currentFlos;
+          currentFlos = 0;
+          await this.log(logs);
+        }
+        if (args.eval_strategy === 'epoch' && this.eval_dataset) await this.evaluate();
+        if (args.save_strategy === 'epoch') await this.saveCheckpoint(encoder, { tr_loss: trLoss, total_loss_scalar: totalLossScalar, globalstep_last_logged: lastLogged, current_flos: currentFlos });
+      }
+    } finally {
+      options.signal?.removeEventListener('abort', onAbort);
+      if (sigint) process.off('SIGINT', onAbort);
+    }
+
+    // _finalize_training
+    totalLossScalar += trLoss;
+    const trainLoss = totalLossScalar / Math.max(state.global_step, 0.001);
+    const runtime = (performance.now() - start) / 1000;
+    const metrics: LogEntry = { train_runtime: round(runtime, 4) };
+    if (runtime > 0) {
+      metrics.train_samples_per_second = round(numTrainSamples / runtime, 3);
+      metrics.train_steps_per_second = round(maxSteps / runtime, 3);
+    }
+    state.total_flos += currentFlos;
+    metrics.total_flos = state.total_flos;
+    metrics.train_loss = trainLoss;
+    await this.log(metrics);
+    if (args.save_total_limit !== null) rotate_checkpoints(args.output_dir, args.save_total_limit);
+    await this.emit('on_train_end');
+    return { global_step: state.global_step, training_loss: trainLoss, metrics: { ...metrics, epoch: state.epoch ?? 0 }, interrupted };
+  }
+
+  /** Appends to state.log_history (with epoch and step) and tells the callbacks, as HF's Trainer.log. */
+  async log(logs: LogEntry): Promise<void> {
+    if (this.state.epoch !== null) logs.epoch = this.state.epoch;
+    this.state.log_history.push({ ...logs, step: this.state.global_step });
+    await this.emit('on_log', logs);
+  }
+
+  /** Mean loss over eval_dataset (HF's evaluation loop: each batch's mean token loss, weighted by batch size). */
+  async evaluate(eval_dataset: TrainDataset | undefined = this.eval_dataset): Promise<LogEntry> {
+    if (!eval_dataset) throw new PeftNodeError('ERR_INVALID_INPUT', 'Trainer.evaluate() needs an eval_dataset');
+    const n = datasetLength(eval_dataset);
+    const bs = this.args.per_device_eval_batch_size;
+    const start = performance.now();
+    let sum = 0;
+    let count = 0;
+    for (let i = 0; i < n; i += bs) {
+      const rows = [];
+      for (let j = i; j < Math.min(n, i + bs); j++) rows.push(this.prepareRow(datasetRow(eval_dataset, j)));
+      const batch = this.data_collator(rows);
+      const out = await this.runBatch(batch, undefined, false);
+      sum += (out.loss ?? NaN) * rows.length;
+      count += rows.length;
+    }
+    const runtime = (performance.now() - start) / 1000;
+    const metrics: LogEntry = {
+      eval_loss: sum / count,
+      eval_runtime: round(runtime, 4),
+      eval_samples_per_second: round(count / runtime, 3),
+      eval_steps_per_second: round(Math.ceil(n / bs) / runtime, 3),
+    };
+    await this.log(metrics);
+    await this.emit('on_evaluate', metrics);
+    return metrics;
+  }
+
+  private async saveCheckpoint(encoder: PrefixEncoder, resume: ResumeState): Promise<void> {
+    const dir = await save_checkpoint({
+      output_dir: this.args.output_dir,
+      model: this.model,
+      encoder,
+      state: this.state,
+      args: this.args,
+      resume,
+      tokenizer: this.processing_class,
+    });
+    if (this.args.save_total_limit !== null) rotate_checkpoints(this.args.output_dir, this.args.save_total_limit);
+    await this.emit('on_save', dir);
+  }
+}
+
+function round(x: number, digits: number): number {
+  const f = 10 ** digits;
+  return Math.round(x * f) / f;
+}
+
