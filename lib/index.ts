@@ -57,3 +57,6 @@ export { TrainingArguments, TrainingArgumentsOptions } from './trainer/training_
 export { Trainer, TrainerOptions, TrainOptions, TrainOutput, DataCollator } from './trainer/trainer';
 export { TrainerCallback, PrinterCallback, ProgressCallback } from './trainer/callbacks';
 export { TrainerState } from './trainer/trainer_state';
+export { GenerationConfig, GenerationConfigFields } from './generation/configuration_utils';
+export { GenerateOptions, GenerateOutput } from './generation/utils';
+export { BaseStreamer, TextStreamer, TextStreamerOptions } from './generation/streamers';

@@ -710,6 +710,77 @@ def cross_check(pm, model, case, ids, mask, labels, num_items, init_params, logi
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# Generation: PEFT's generate() (greedy) with the initial prefix of a golden case, a briefly trained prefix, and an
+# adapter loaded back with PeftModel.from_pretrained; batch 1 and a left-padded batch 2; eos stopping one row.
+def prompt_ids(tok, instruction, inp=""):
+    return tok("\n".join(["Human: " + instruction, inp]).strip() + "\n\nAssistant: ")["input_ids"]
+
+
+def generation_cases(tok):
+    out = []
+    pad = tok.pad_token_id
+    b1 = [prompt_ids(tok, "写一首关于月亮的诗。")]
+    rows = [prompt_ids(tok, "Say hi."), prompt_ids(tok, "翻译成英文：", "今天天气很好。")]
+    T = max(len(r) for r in rows)
+    b2 = [[pad] * (T - len(r)) + r for r in rows]
+    m2 = [[0] * (T - len(r)) + [1] * len(r) for r in rows]
+
+    def peft_model_for(case_name, trained=False):
+        case = next(c for c in CASES if c["name"] == case_name)
+        model = load_hf(os.path.join(FIX, case["model"]), dtype=torch.float32)
+        kw = dict(task_type="CAUSAL_LM", num_virtual_tokens=case["P"], prefix_projection=case["proj"])
+        if case["enc"] is not None:
+            kw["encoder_hidden_size"] = case["enc"]
+        torch.manual_seed(case["seed"])
+        pm = get_peft_model(model, PrefixTuningConfig(**kw))
+        if trained:
+            # 20 AdamW steps on one sample move the prefix far from its init, so greedy ids change.
+            feats = [process_func(tok, *SAMPLES["c"])]
+            batch = DataCollatorForSeq2Seq(tokenizer=tok, padding=True)(feats)
+            opt = torch.optim.AdamW([p for p in pm.parameters() if p.requires_grad], lr=0.05)
+            pm.train()
+            for _ in range(20):
+                pm(**batch).loss.backward()
+                opt.step()
+                opt.zero_grad()
+        pm.eval()
+        return pm
+
+    def run(name, pm, ids, mask, max_new, eos, extra=None):
+        kw = dict(max_new_tokens=max_new, do_sample=False, pad_token_id=pad, eos_token_id=eos)
+        ids_t = torch.tensor(ids)
+        if mask is not None:
+            kw["attention_mask"] = torch.tensor(mask)
+        with torch.no_grad():
+            seq = pm.generate(input_ids=ids_t, **kw)
+        entry = dict(name=name, input_ids=ids, attention_mask=mask, max_new_tokens=max_new, eos_token_id=eos,
+                     pad_token_id=pad, sequences=seq.tolist())
+        entry.update(extra or {})
+        out.append(entry)
+        log(f"[generation {name}] {seq.tolist()}")
+        return seq
+
+    for case_name in ("h4_noproj_mean", "h4_proj_sum", "h6_noproj_mean"):
+        pm = peft_model_for(case_name)
+        run(f"{case_name}_init_b1", pm, b1, None, 10, tok.eos_token_id, dict(case=case_name, prefix="init"))
+        seq = run(f"{case_name}_init_b2", pm, b2, m2, 10, tok.eos_token_id, dict(case=case_name, prefix="init"))
+        if case_name == "h4_proj_sum":
+            # eos = a token row 0 produces and row 1 never does: row 0 stops (then pads) while row 1 goes on.
+            new0, new1 = seq[0, T:].tolist(), seq[1, T:].tolist()
+            stop_id = next(t for t in new0[1:] if t not in new1)
+            run("h4_proj_sum_init_b2_eos", pm, b2, m2, 10, stop_id, dict(case=case_name, prefix="init"))
+    pm = peft_model_for("h4_proj_sum", trained=True)
+    trained = {n: p.detach().clone() for n, p in pm.named_parameters() if p.requires_grad}
+    save_st(os.path.join(FIX, "golden", "generation_trained.safetensors"), trained)
+    run("h4_proj_sum_trained_b1", pm, b1, None, 10, tok.eos_token_id, dict(case="h4_proj_sum", prefix="trained"))
+    run("h4_proj_sum_trained_b2", pm, b2, m2, 10, tok.eos_token_id, dict(case="h4_proj_sum", prefix="trained"))
+    # The adapter Python saved, loaded back (inference mode: the prefix is repeat()ed embeddings).
+    adir = os.path.join(FIX, "golden", "h4_proj_sum.adapter")
+    loaded = PeftModel.from_pretrained(load_hf(os.path.join(FIX, "tiny-bloom"), dtype=torch.float32), adir)
+    run("h4_proj_sum_loaded_b2", loaded, b2, m2, 10, tok.eos_token_id, dict(case="h4_proj_sum", prefix="loaded"))
+    return out
+
+
 def readme(vocab_tok, vocab_model):
     return f"""# test/fixtures
 
@@ -757,6 +828,7 @@ def main():
     write_json(os.path.join(gdir, "tokenizer_cases.json"), tokenizer_cases(tok))
     entries = [run_case(c, tok) for c in CASES]
     write_json(os.path.join(gdir, "cases.json"), entries)
+    write_json(os.path.join(gdir, "generation.json"), generation_cases(tok))
     with open(os.path.join(FIX, "README.md"), "w", encoding="utf-8") as f:
         f.write(readme(n_tok, vocab))
 

@@ -13,6 +13,8 @@ import {
   CausalLMOutput,
   Parameter,
 } from '../models/bloom/modeling_bloom';
+import { Decoder, stream_text } from '../generation/streamers';
+import { GenerateOptions, GenerateOutput } from '../generation/utils';
 import { Tensor } from '../tensor';
 import { writeDirAtomic } from '../utils/fs_atomic';
 import { readSafetensors, serializeSafetensors } from '../utils/safetensors';
@@ -165,6 +167,22 @@ export class PeftModel implements AsyncDisposable {
   async forward(inputs: CausalLMInputs, options: PeftForwardOptions = {}): Promise<CausalLMOutput> {
     const encoder = await this.prompt_encoder();
     return this.base_model.forward(inputs, { ...options, encoder });
+  }
+
+  /**
+   * PEFT's generate(): the active adapter's prefix is the initial KV cache (get_prompt), then transformers' decoding.
+   * Returns prompt + new ids as an int64 Tensor [B, T + n].
+   */
+  generate(options: GenerateOptions & { return_dict_in_generate: true }): Promise<GenerateOutput>;
+  generate(options: GenerateOptions): Promise<Tensor>;
+  async generate(options: GenerateOptions): Promise<Tensor | GenerateOutput> {
+    const encoder = await this.prompt_encoder();
+    return this.base_model.generate({ ...options, encoder });
+  }
+
+  /** generate() as an async iterator of text pieces (batch 1): never splits a character; the prompt is skipped. */
+  generate_stream(tokenizer: Decoder, options: Omit<GenerateOptions, 'streamer'>): AsyncGenerator<string, void, undefined> {
+    return stream_text((streamer) => this.generate({ ...options, streamer }), tokenizer);
   }
 
   /** All parameters under PEFT's names: `base_model.transformer.…` (frozen), then `prompt_encoder.<adapter>.…`. */

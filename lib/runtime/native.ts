@@ -43,8 +43,34 @@ export interface NativeBloomModel {
   namesWithGrad(): Promise<string[]>;
   setParameter(name: string, value: Float32Array | Float64Array): Promise<void>;
   forward(inputs: NativeForwardInputs, options: NativeForwardOptions): Promise<NativeForwardResult>;
+  generate(inputs: NativeForwardInputs, options: NativeGenerateOptions): Promise<NativeGenerateResult>;
   dispose(): Promise<void>;
   isDisposed(): boolean;
+}
+
+export interface NativeGenerateOptions {
+  maxNewTokens: number;
+  doSample?: boolean;
+  temperature?: number;
+  topK?: number;
+  topP?: number;
+  repetitionPenalty?: number;
+  eosTokenIds?: number[];
+  padTokenId?: number;
+  seed?: number;
+  outputScores?: boolean;
+  prefix?: Float32Array | Float64Array;
+  numVirtualTokens?: number;
+  encoder?: NativePrefixEncoder;
+  /** Each step's new tokens (one per row); returning false stops after this step. */
+  onStep?: (tokens: Int32Array) => boolean | void;
+}
+
+export interface NativeGenerateResult {
+  sequences: Int32Array;
+  dims: number[];
+  scores?: Float32Array;
+  scoresDims?: number[];
 }
 
 export interface NativePrefixEncoderOptions {

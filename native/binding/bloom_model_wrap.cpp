@@ -45,6 +45,7 @@ Napi::Function BloomModelWrap::Define(Napi::Env env) {
                       InstanceMethod<&BloomModelWrap::GetGrad>("getGrad"),
                       InstanceMethod<&BloomModelWrap::SetParameter>("setParameter"),
                       InstanceMethod<&BloomModelWrap::Forward>("forward"),
+                      InstanceMethod<&BloomModelWrap::Generate>("generate"),
                       InstanceMethod<&BloomModelWrap::Dispose>("dispose"),
                       InstanceMethod<&BloomModelWrap::NamesWithGrad>("namesWithGrad"),
                       InstanceMethod<&BloomModelWrap::IsDisposed>("isDisposed")});

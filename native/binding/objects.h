@@ -55,6 +55,7 @@ class BloomModelWrap : public Napi::ObjectWrap<BloomModelWrap> {
   Napi::Value GetGrad(const Napi::CallbackInfo& info);
   Napi::Value SetParameter(const Napi::CallbackInfo& info);
   Napi::Value Forward(const Napi::CallbackInfo& info);
+  Napi::Value Generate(const Napi::CallbackInfo& info);  // generate_worker.cpp
   Napi::Value Dispose(const Napi::CallbackInfo& info);
   Napi::Value IsDisposed(const Napi::CallbackInfo& info);
   Napi::Value NamesWithGrad(const Napi::CallbackInfo& info);

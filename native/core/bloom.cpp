@@ -326,4 +326,47 @@ ForwardOutputs BloomModel::forward(const ForwardInputs& in, const at::Tensor& pr
   return out;
 }
 
+at::Tensor BloomModel::step_logits(const at::Tensor& ids_in, const at::Tensor& m2, int64_t past,
+                                   std::vector<at::Tensor>& k_cache, std::vector<at::Tensor>& v_cache) const {
+  const int64_t B = ids_in.size(0), T = ids_in.size(1);
+  const int64_t D = config_.hidden_size, H = config_.n_head, hd = D / H, NL = config_.n_layer;
+  const int64_t S = past + T;
+  const double eps = config_.layer_norm_epsilon;
+  const at::Tensor ids = ids_in.to(device_);
+  // The same graph as forward(), with keys/values written into the cache instead of concatenated.
+  at::Tensor pos = (m2.cumsum(-1) - 1) * m2;
+  at::Tensor alibi = (slopes_.view({1, H, 1}) * pos.unsqueeze(1)).reshape({B * H, 1, S}).to(dtype_);
+  auto i64 = at::TensorOptions().dtype(at::kLong).device(device_);
+  at::Tensor qi = at::arange(T, i64).view({T, 1}) + past;
+  at::Tensor kj = at::arange(S, i64).view({1, S});
+  at::Tensor allowed = (kj <= qi).unsqueeze(0) & (m2.unsqueeze(1) != 0);
+  at::Tensor addmask = at::zeros({B, 1, T, S}, m2.options().dtype(dtype_))
+                           .masked_fill_(allowed.logical_not().unsqueeze(1), lowest_of(dtype_));
+  const double inv_norm = 1.0 / std::sqrt(static_cast<double>(hd));
+  const at::ScalarType softmax_dtype = dtype_ == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor x = at::layer_norm(at::embedding(wte_, ids), {D}, emb_ln_w_, emb_ln_b_, eps);
+  for (int64_t l = 0; l < NL; ++l) {
+    const Layer& L = layers_[l];
+    at::Tensor ln = at::layer_norm(x, {D}, L.ln1_w, L.ln1_b, eps);
+    at::Tensor residual = config_.apply_residual_connection_post_layernorm ? ln : x;
+    at::Tensor qkv = at::linear(ln, L.qkv_w, L.qkv_b).view({B, T, H, 3, hd});
+    at::Tensor q = qkv.select(3, 0).transpose(1, 2);
+    k_cache[l].narrow(2, past, T).copy_(qkv.select(3, 1).transpose(1, 2));
+    v_cache[l].narrow(2, past, T).copy_(qkv.select(3, 2).transpose(1, 2));
+    at::Tensor k = k_cache[l].narrow(2, 0, S), v = v_cache[l].narrow(2, 0, S);
+    at::Tensor qf = q.reshape({B * H, T, hd});
+    at::Tensor kf = k.reshape({B * H, S, hd}).transpose(-1, -2);
+    at::Tensor vf = v.reshape({B * H, S, hd});
+    at::Tensor scores = at::baddbmm(alibi, qf, kf, 1.0, inv_norm);
+    at::Tensor probs = at::softmax(scores.view({B, H, T, S}) + addmask, -1, softmax_dtype).to(dtype_);
+    at::Tensor ctx = at::bmm(probs.view({B * H, T, S}), vf).view({B, H, T, hd}).permute({0, 2, 1, 3}).reshape({B, T, D});
+    at::Tensor a = at::linear(ctx, L.dense_w, L.dense_b) + residual;
+    at::Tensor ln2 = at::layer_norm(a, {D}, L.ln2_w, L.ln2_b, eps);
+    at::Tensor residual2 = config_.apply_residual_connection_post_layernorm ? ln2 : a;
+    x = at::linear(bloom_gelu(at::linear(ln2, L.fc1_w, L.fc1_b)), L.fc2_w, L.fc2_b) + residual2;
+  }
+  x = at::layer_norm(x.narrow(1, T - 1, 1), {D}, ln_f_w_, ln_f_b_, eps);
+  return at::linear(x, lm_head_).select(1, 0).to(at::kFloat);
+}
+
 }  // namespace peft_node

@@ -45,6 +45,13 @@ class BloomModel {
   // (cast to the model dtype, differentiably), or undefined.
   ForwardOutputs forward(const ForwardInputs& in, const at::Tensor& prefix_raw, bool need_logits) const;
 
+  // One incremental step over a preallocated KV cache (generation). ids [B, t] are the new tokens at cache positions
+  // [past, past + t); m2 [B, past + t] is the float mask of every position so far (prefix ones included); k_cache /
+  // v_cache hold one [B, H, capacity, head_dim] tensor per layer, positions [0, past) already filled. Writes the new
+  // keys/values and returns the float32 logits of the last position, [B, V].
+  at::Tensor step_logits(const at::Tensor& ids, const at::Tensor& m2, int64_t past, std::vector<at::Tensor>& k_cache,
+                         std::vector<at::Tensor>& v_cache) const;
+
   // Parameters under transformers' names (transformer.word_embeddings.weight, transformer.h.0...), tied lm_head
   // counted once, in module registration order.
   const std::vector<std::pair<std::string, at::Tensor>>& named_parameters() const { return params_; }

@@ -8,6 +8,9 @@ import { PrefixEncoder } from '../../peft/prefix_encoder';
 import { NativeBloomModel, NativeForwardInputs, native } from '../../runtime/native';
 import { SerialQueue } from '../../runtime/serial_queue';
 import { IntMatrixLike, Tensor, isFloatArray, toIntMatrix, typedArrayKind } from '../../tensor';
+import { GenerationConfig } from '../../generation/configuration_utils';
+import { Decoder, stream_text } from '../../generation/streamers';
+import { GenerateOptions, GenerateOutput, run_generate } from '../../generation/utils';
 import { BloomConfig } from './configuration_bloom';
 
 export interface CausalLMInputs {
@@ -69,6 +72,8 @@ export class Parameter {
 export class BloomForCausalLM implements AsyncDisposable {
   readonly config: BloomConfig;
   readonly name_or_path: string;
+  /** Generation defaults: the checkpoint's generation_config.json, else the token ids of config.json. */
+  generation_config: GenerationConfig;
   /** Like torch's module.training; HF's from_pretrained returns a model in eval mode. */
   training = false;
   private readonly handle: NativeBloomModel;
@@ -76,10 +81,11 @@ export class BloomForCausalLM implements AsyncDisposable {
   private disposed = false;
 
   /** @internal use AutoModelForCausalLM.from_pretrained / BloomForCausalLM.from_pretrained */
-  constructor(handle: NativeBloomModel, config: BloomConfig, name_or_path: string) {
+  constructor(handle: NativeBloomModel, config: BloomConfig, name_or_path: string, generation_config?: GenerationConfig) {
     this.handle = handle;
     this.config = config;
     this.name_or_path = name_or_path;
+    this.generation_config = generation_config ?? GenerationConfig.from_model_dir(name_or_path, config.raw);
   }
 
   /** Loads a BLOOM directory (config.json + safetensors). See AutoModelForCausalLM.from_pretrained for options. */
@@ -183,6 +189,24 @@ export class BloomForCausalLM implements AsyncDisposable {
     if (r.prefixGrad && prefixDims)
       out.prefix_grad = new Tensor(typedArrayKind(r.prefixGrad) === 'Float64Array' ? 'float64' : 'float32', r.prefixGrad, prefixDims);
     return out;
+  }
+
+  /**
+   * Generates continuations like transformers' generate(): returns prompt + new ids as an int64 Tensor [B, T + n]
+   * (or `{ sequences, scores }` with return_dict_in_generate). `encoder` supplies a PEFT prefix as the initial cache.
+   */
+  generate(options: GenerateOptions & { encoder?: PrefixEncoder; return_dict_in_generate: true }): Promise<GenerateOutput>;
+  generate(options: GenerateOptions & { encoder?: PrefixEncoder }): Promise<Tensor>;
+  async generate(options: GenerateOptions & { encoder?: PrefixEncoder }): Promise<Tensor | GenerateOutput> {
+    this.check();
+    const encoder = options.encoder;
+    const run = () => nativeCall(() => run_generate(this.handle, this.generation_config, options, { encoder }));
+    return this.queue.run(encoder ? () => encoder.queue.run(run) : run);
+  }
+
+  /** generate() as an async iterator of text pieces (batch 1): never splits a character; the prompt is skipped. */
+  generate_stream(tokenizer: Decoder, options: Omit<GenerateOptions, 'streamer'> & { encoder?: PrefixEncoder }): AsyncGenerator<string, void, undefined> {
+    return stream_text((streamer) => this.generate({ ...options, streamer }), tokenizer);
   }
 
   /** Parameters under transformers' names; the tied lm_head is listed once (as torch's named_parameters does). */
