@@ -2,12 +2,12 @@
  * The foundation in a few lines: load a BLOOM directory, run a forward pass with a trainable prefix (PEFT prefix
  * tuning's past_key_values), and get the loss and the prefix gradient — the same numbers PEFT computes.
  *
- *   npx tsx examples/forward-backward.ts [model_dir]     (defaults to the tiny test checkpoint)
+ *   npx tsx examples/forward-backward.ts [model_dir]     (defaults to the embedded tiny checkpoint)
  */
 import * as path from 'node:path';
 import { AutoModelForCausalLM, PrefixEncoder, set_seed } from '../lib';
 
-export async function main(modelDir = path.join(__dirname, '..', 'test', 'fixtures', 'tiny-bloom')): Promise<{ loss: number; gradNorm: number }> {
+export async function main(modelDir = path.join(__dirname, '..', 'assets', 'tiny-bloom')): Promise<{ loss: number; gradNorm: number }> {
   await using model = await AutoModelForCausalLM.from_pretrained(modelDir, { dtype: 'float32' });
   console.log(`loaded ${model.name_or_path}: ${model.num_parameters().toLocaleString('en-US')} parameters (${model.dtype}, ${model.device})`);
 
