@@ -27,7 +27,7 @@ test("examples/prefix-tuning-bloom.ts: the seed notebook's whole run (1 epoch, b
     expect(Number.isFinite(r.result.training_loss)).toBe(true);
     expect(r.trainable).toBe('trainable params: 1,280 || all params: 58,816');
     for (const f of ['adapter_config.json', 'adapter_model.safetensors']) expect(fs.existsSync(path.join(r.adapter, f))).toBe(true);
-    expect(fs.existsSync(path.join(out, 'checkpoint-4', 'trainer_state.json'))).toBe(true);
+    for (const f of ['trainer_state.json', 'tokenizer.json', 'tokenizer_config.json', 'loss.svg']) expect([f, fs.existsSync(path.join(out, 'checkpoint-4', f))]).toEqual([f, true]);
     expect(typeof r.text).toBe('string');
     expect(r.text.startsWith('Human: 考试有哪些技巧？')).toBe(true);
 

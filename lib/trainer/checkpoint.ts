@@ -77,6 +77,7 @@ export async function save_checkpoint(opts: {
   const adapterTmp = fs.mkdtempSync(path.join(os.tmpdir(), 'peft-node-adapter-'));
   try {
     await opts.model.save_pretrained(adapterTmp);
+    await opts.tokenizer?.save_pretrained?.(adapterTmp); // tokenizer files beside the adapter, as HF's checkpoints
     writeDirAtomic(dir, (tmp) => {
       for (const f of fs.readdirSync(adapterTmp)) fs.cpSync(path.join(adapterTmp, f), path.join(tmp, f), { recursive: true });
       fs.writeFileSync(path.join(tmp, TRAINABLE), serializeSafetensors(params, { format: 'pt' }));
@@ -84,7 +85,6 @@ export async function save_checkpoint(opts: {
       fs.writeFileSync(path.join(tmp, RESUME), JSON.stringify({ ...opts.resume, tr_loss_bits: Buffer.from(new Float32Array([opts.resume.tr_loss]).buffer).toString('hex') }, null, 2));
       fs.writeFileSync(path.join(tmp, 'training_args.json'), JSON.stringify(opts.args.to_dict(), null, 2));
       fs.writeFileSync(path.join(tmp, 'loss.svg'), loss_svg(state.log_history));
-      opts.tokenizer?.save_pretrained?.(tmp);
       fs.writeFileSync(path.join(tmp, 'trainer_state.json'), state.to_json_string()); // last: marks the checkpoint complete
     });
   } finally {

@@ -116,7 +116,9 @@ export class Trainer {
     this.eval_dataset = options.eval_dataset;
     const c = options.data_collator;
     this.data_collator = !c ? defaultCollator : typeof c === 'function' ? c : (f) => c.call(f);
-    this.processing_class = options.processing_class ?? options.tokenizer;
+    // HF saves the processing class with each checkpoint, falling back to the data collator's tokenizer.
+    const collatorTokenizer = (c as { tokenizer?: { save_pretrained?(dir: string): unknown } } | undefined)?.tokenizer;
+    this.processing_class = options.processing_class ?? options.tokenizer ?? collatorTokenizer;
     const reporting = this.args.disable_tqdm || !process.stderr.isTTY ? new PrinterCallback() : new ProgressCallback();
     this.callbacks = [reporting, ...(options.callbacks ?? [])];
     set_seed(this.args.seed); // transformers' Trainer seeds in __init__
