@@ -19,7 +19,7 @@ export {
 export { PrefixEncoder, PrefixEncoderOptions } from './peft/prefix_encoder';
 export { set_seed } from './runtime/rng';
 export { readSafetensors, writeSafetensors } from './utils/safetensors';
-export { runtime_info, set_num_threads } from './runtime/info';
+export { runtime_info, set_exact_mode, set_num_threads } from './runtime/info';
 export { PEFT_FORMAT_VERSION, PeftType, PrefixTuningConfig, PrefixTuningConfigFields, TaskType } from './peft/config';
 export {
   PeftForwardOptions,
@@ -60,3 +60,4 @@ export { TrainerState } from './trainer/trainer_state';
 export { GenerationConfig, GenerationConfigFields } from './generation/configuration_utils';
 export { GenerateOptions, GenerateOutput } from './generation/utils';
 export { BaseStreamer, TextStreamer, TextStreamerOptions } from './generation/streamers';
+export { convert_checkpoint, ConvertOptions, ConvertResult } from './models/convert';

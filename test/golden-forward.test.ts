@@ -6,7 +6,7 @@
  * - With one thread, as the dumps were made: bit-identical, which proves the op graph is PEFT's.
  */
 import * as path from 'node:path';
-import { AutoModelForCausalLM, BloomForCausalLM, PrefixEncoder, Tensor, runtime_info, set_num_threads } from '../lib';
+import { AutoModelForCausalLM, BloomForCausalLM, PrefixEncoder, Tensor, runtime_info, set_exact_mode, set_num_threads } from '../lib';
 import { ErrorLog, FIXTURES, GoldenCase, asNumbers, goldenCases, goldenTensors, maxRelErr } from './helpers';
 
 const log = new ErrorLog();
@@ -38,11 +38,17 @@ function inputsOf(c: GoldenCase, g: Map<string, Tensor>) {
 const defaultThreads = runtime_info().numThreads;
 
 describe.each([
-  ['default threads', defaultThreads, 1e-5],
-  ['one thread (bit-exact)', 1, 0],
+  ['default threads, fast mode', defaultThreads, 1e-5],
+  ['one thread, exact mode (bit-exact)', 1, 0],
 ] as const)('%s', (_label, threads, tol) => {
-  beforeAll(() => set_num_threads(threads));
-  afterAll(() => set_num_threads(defaultThreads));
+  beforeAll(() => {
+    set_num_threads(threads);
+    set_exact_mode(tol === 0);
+  });
+  afterAll(() => {
+    set_num_threads(defaultThreads);
+    set_exact_mode(false);
+  });
 
   function compare(what: string, actual: Tensor | ArrayLike<number>, expected: Tensor, mask?: (i: number) => boolean) {
     const err = maxRelErr(asNumbers(actual as Tensor), asNumbers(expected), mask);

@@ -1,12 +1,11 @@
 /**
- * Loads the native addon (build/Release/peft_node.node, or a prebuild) on first use, so that importing peft-node
- * never throws: a missing build or libtorch surfaces as a named error at the first call that needs it.
+ * Loads the native addon (the local build/Release/peft_node.node, or a prebuilt binary with the libtorch located for
+ * it: see ./loader) on first use, so that importing peft-node never throws: a missing build or libtorch surfaces as
+ * a named error (ERR_ADDON_LOAD / ERR_LIBTORCH_NOT_FOUND, listing what was tried) at the first call that needs it.
  */
-import * as path from 'node:path';
-import { PeftNodeError } from '../errors';
+import { loadAddon } from './loader';
 
-/** Package root: lib/runtime (ts-jest) and dist/runtime (built) are both two levels down. */
-export const PACKAGE_ROOT = path.resolve(__dirname, '..', '..');
+export { PACKAGE_ROOT } from './loader';
 
 export interface NativeForwardInputs {
   inputIds: Int32Array;
@@ -123,35 +122,39 @@ export interface NativeInfo {
   cudaDeviceCount: number;
   builtWithCuda: boolean;
   numThreads: number;
+  /** Exact mode: transformers' op graph, bit-identical to PEFT on one thread (see set_exact_mode). */
+  exactMode: boolean;
   parallelInfo: string;
+}
+
+/** A model directory's weights as stored, whatever their format (native/binding/checkpoint_wrap.cpp); for convert. */
+export interface NativeCheckpoint {
+  /** "safetensors", "safetensors (sharded)", "pytorch_model.bin" or "pytorch_model.bin (sharded)". */
+  format(): string;
+  /** The weights file, or the shard index, that was read. */
+  file(): string;
+  /** [name, safetensors dtype, shape, byteLength, aliasOf: an earlier entry with the same memory, else -1]. */
+  entries(): [string, string, number[], number, number][];
+  /** Bytes [offset, offset + length) of entry `index`: a Buffer over the mapped file (no copy). */
+  data(index: number, offset: number, length: number): Buffer;
+  dispose(): void;
 }
 
 export interface NativeAddon {
   BloomModel: { load(dir: string, device: string, dtype: string): Promise<NativeBloomModel> };
   PrefixEncoder: { create(options: NativePrefixEncoderOptions): Promise<NativePrefixEncoder> };
+  Checkpoint: { open(dir: string): Promise<NativeCheckpoint> };
   manualSeed(seed: number): void;
   setNumThreads(n: number): void;
+  setExactMode(exact: boolean): void;
   info(): NativeInfo;
 }
 
 let cached: NativeAddon | undefined;
 
-/** The addon, loaded once. Throws ERR_ADDON_LOAD explaining how to build it when it cannot be loaded. */
+/** The addon, loaded once. Throws ERR_ADDON_LOAD / ERR_LIBTORCH_NOT_FOUND explaining what to do when it cannot load. */
 export function native(): NativeAddon {
   if (cached) return cached;
-  const override = process.env.PEFT_NODE_ADDON;
-  try {
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
-    cached = (override ? require(override) : require('node-gyp-build')(PACKAGE_ROOT)) as NativeAddon;
-  } catch (err) {
-    const msg = err instanceof Error ? err.message : String(err);
-    throw new PeftNodeError(
-      'ERR_ADDON_LOAD',
-      `peft-node's native addon could not be loaded (${msg}).\n` +
-        `Build it with \`npm run build:native\` (it locates or fetches libtorch; set PEFT_NODE_LIBTORCH to use your ` +
-        `own libtorch directory), or see \`node scripts/libtorch.js locate\` for where libtorch is looked for.`,
-      { cause: err },
-    );
-  }
+  cached = loadAddon<NativeAddon>().addon;
   return cached;
 }

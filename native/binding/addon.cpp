@@ -3,7 +3,11 @@
 #include <ATen/detail/CUDAHooksInterface.h>
 #include <napi.h>
 #include <torch/version.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
+#include "binding/checkpoint_wrap.h"
 #include "binding/objects.h"
 #include "binding/worker.h"
 
@@ -30,6 +34,14 @@ Napi::Value SetNumThreads(const Napi::CallbackInfo& info) {
   });
 }
 
+Napi::Value SetExactMode(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    if (!info[0].IsBoolean()) fail(codes::kInvalidInput, "set_exact_mode needs a boolean");
+    set_exact_mode(info[0].As<Napi::Boolean>().Value());
+    return info.Env().Undefined();
+  });
+}
+
 Napi::Value Info(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guarded(env, [&]() -> Napi::Value {
@@ -45,21 +57,32 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
     o.Set("builtWithCuda", false);
 #endif
     o.Set("numThreads", at::get_num_threads());
+    o.Set("exactMode", exact_mode());
     o.Set("parallelInfo", at::get_parallel_info());
     return o;
   });
 }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+#ifdef __GLIBC__
+  // Tensors are allocated and freed on several libuv threads, i.e. in several malloc arenas. glibc's dynamic mmap
+  // threshold then keeps multi-MB activations in those arenas after a step, and RSS grows step after step. A fixed
+  // 1 MB threshold returns every large tensor to the OS when freed (measured on bloom-small, batch 4×256: peak RSS
+  // 1.34 GB -> 0.75 GB over two steps, steady RSS 1.37 GB -> 0.45 GB).
+  mallopt(M_MMAP_THRESHOLD, 1 << 20);
+#endif
   auto* data = new AddonData();
   data->model_ctor = Napi::Persistent(BloomModelWrap::Define(env));
   data->encoder_ctor = Napi::Persistent(PrefixEncoderWrap::Define(env));
   env.SetInstanceData<AddonData>(data);
   exports.Set("BloomModel", data->model_ctor.Value());
   exports.Set("PrefixEncoder", data->encoder_ctor.Value());
+  data->checkpoint_ctor = Napi::Persistent(CheckpointWrap::Define(env));
+  exports.Set("Checkpoint", data->checkpoint_ctor.Value());
   exports.Set("manualSeed", Napi::Function::New(env, ManualSeed, "manualSeed"));
   exports.Set("setNumThreads", Napi::Function::New(env, SetNumThreads, "setNumThreads"));
   exports.Set("info", Napi::Function::New(env, Info, "info"));
+  exports.Set("setExactMode", Napi::Function::New(env, SetExactMode, "setExactMode"));
   return exports;
 }
 

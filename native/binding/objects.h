@@ -40,6 +40,7 @@ std::vector<ParamMeta> param_meta_of(const std::vector<std::pair<std::string, at
 struct AddonData {
   Napi::FunctionReference model_ctor;
   Napi::FunctionReference encoder_ctor;
+  Napi::FunctionReference checkpoint_ctor;
 };
 
 class BloomModelWrap : public Napi::ObjectWrap<BloomModelWrap> {

@@ -4,10 +4,13 @@
 #include <ATen/detail/CUDAHooksInterface.h>
 #include <torch/csrc/autograd/custom_function.h>
 
+#include <atomic>
 #include <cmath>
 #include <limits>
 #include <map>
 
+#include "core/checkpoint.h"
+#include "core/cross_entropy.h"
 #include "core/errors.h"
 #include "core/safetensors.h"
 
@@ -43,6 +46,10 @@ at::Tensor bloom_gelu(const at::Tensor& x) {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+
+static std::atomic<bool> g_exact_mode{false};
+void set_exact_mode(bool exact) { g_exact_mode.store(exact); }
+bool exact_mode() { return g_exact_mode.load(); }
 
 at::Tensor alibi_slopes(int64_t n_head) {
   const int64_t cp2 = int64_t{1} << static_cast<int64_t>(std::floor(std::log2(static_cast<double>(n_head))));
@@ -116,7 +123,7 @@ std::string shape_str(at::IntArrayRef s) {
 std::unique_ptr<BloomModel> BloomModel::from_pretrained(const std::string& dir, c10::Device device,
                                                         at::ScalarType dtype) {
   BloomConfig config = BloomConfig::from_dir(dir);
-  auto weights = load_safetensors_checkpoint(dir);
+  auto weights = load_checkpoint_tensors(dir);
   return std::make_unique<BloomModel>(std::move(config), weights, device, dtype, dir);
 }
 
@@ -308,6 +315,17 @@ ForwardOutputs BloomModel::forward(const ForwardInputs& in, const at::Tensor& pr
 
   ForwardOutputs out;
   if (!need_logits && !in.labels.defined()) return out;
+  if (!need_logits && !exact_mode()) {
+    // Training path: lm_head + cross-entropy only where a target exists, no [B·T, V] logits kept for backward.
+    at::Tensor labels = in.labels.to(device_);
+    at::Tensor shifted = at::constant_pad_nd(labels, {0, 1}, -100).slice(1, 1).reshape(-1);
+    at::Tensor rows = (shifted != -100).nonzero().squeeze(1);
+    at::Tensor hidden = x.reshape({-1, D}).index_select(0, rows);
+    const double denom = in.num_items_in_batch ? static_cast<double>(*in.num_items_in_batch)
+                                               : static_cast<double>(rows.size(0));
+    out.loss = linear_cross_entropy(hidden, lm_head_, shifted.index_select(0, rows), denom);
+    return out;
+  }
   at::Tensor logits = at::linear(x, lm_head_);
   if (in.labels.defined()) {
     // transformers' ForCausalLMLoss: pad labels with -100 on the right, shift left by one, CE over all B·T rows.

@@ -70,6 +70,12 @@ class BloomModel {
   at::Tensor slopes_;  // [n_head] float32 ALiBi slopes, as build_alibi_tensor computes them
 };
 
+// Exact mode computes transformers' op graph (bit-identical to PEFT on one thread). The default fast mode drops work
+// that cannot change the result beyond rounding (lm_head and cross-entropy only on rows with a target, no
+// vocab-sized tensors kept for backward) and stays within 1e-5 of it.
+void set_exact_mode(bool exact);
+bool exact_mode();
+
 // ALiBi slopes exactly as transformers' build_alibi_tensor (float32 base, int32 powers, torch.pow).
 at::Tensor alibi_slopes(int64_t n_head);
 

@@ -252,10 +252,11 @@ const std::vector<std::pair<std::string, Value>>& Value::as_object() const {
   return *object_;
 }
 
+// The last of duplicate keys wins, as in Python's json and JavaScript's JSON.parse (which read the same files).
 const Value* Value::find(std::string_view key) const {
   if (kind_ != Kind::Object) return nullptr;
-  for (const auto& [k, v] : *object_)
-    if (k == key) return &v;
+  for (auto it = object_->rbegin(); it != object_->rend(); ++it)
+    if (it->first == key) return &it->second;
   return nullptr;
 }
 

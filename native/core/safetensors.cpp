@@ -126,6 +126,10 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) 
       fail(codes::kSafetensorsOffsets, where + ": " + std::to_string(e.end - e.begin) +
                                            " bytes in data_offsets do not match shape x dtype (" +
                                            std::to_string(numel) + " x " + std::to_string(esize) + " bytes)");
+    // A name given twice: the last entry wins, as JSON.parse (the TS reader) and Python's safetensors read it.
+    auto dup = std::find_if(f->entries_.begin(), f->entries_.end(),
+                            [&](const SafetensorsEntry& x) { return x.name == e.name; });
+    if (dup != f->entries_.end()) f->entries_.erase(dup);
     f->entries_.push_back(std::move(e));
   }
   // Overlapping tensors would alias each other's memory.
