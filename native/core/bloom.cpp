@@ -5,6 +5,7 @@
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <atomic>
+#include <cstdlib>
 #include <cmath>
 #include <limits>
 #include <map>
@@ -48,6 +49,14 @@ at::Tensor bloom_gelu(const at::Tensor& x) {
 // ---------------------------------------------------------------------------------------------------------------
 
 static std::atomic<bool> g_exact_mode{false};
+// PEFT_NODE_SDPA=0 turns the fused attention off (for benchmarking the lever).
+static bool sdpa_enabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("PEFT_NODE_SDPA");
+    return !(v && std::string(v) == "0");
+  }();
+  return on;
+}
 void set_exact_mode(bool exact) { g_exact_mode.store(exact); }
 bool exact_mode() { return g_exact_mode.load(); }
 
@@ -285,6 +294,10 @@ ForwardOutputs BloomModel::forward(const ForwardInputs& in, const at::Tensor& pr
   // transformers computes softmax in float32 for every dtype; a float64 model keeps float64 so that finite-difference
   // checks see float64 precision end to end.
   const at::ScalarType softmax_dtype = dtype_ == at::kDouble ? at::kDouble : at::kFloat;
+  // SDPA softmaxes in the input dtype; transformers' float32 softmax is kept for half types and float64 for FD checks.
+  const bool use_sdpa = !exact_mode() && dtype_ == at::kFloat && sdpa_enabled();
+  at::Tensor bias;
+  if (use_sdpa) bias = alibi.view({B, H, 1, S}) + addmask;  // [B, H, T, S]
   at::Tensor x = at::embedding(wte_, ids);
   x = at::layer_norm(x, {D}, emb_ln_w_, emb_ln_b_, eps);
   for (int64_t l = 0; l < NL; ++l) {
@@ -299,12 +312,20 @@ ForwardOutputs BloomModel::forward(const ForwardInputs& in, const at::Tensor& pr
       k = at::cat({kv[2 * l], k}, 2);
       v = at::cat({kv[2 * l + 1], v}, 2);
     }
-    at::Tensor qf = q.reshape({B * H, T, hd});
-    at::Tensor kf = k.reshape({B * H, S, hd}).transpose(-1, -2);
-    at::Tensor vf = v.reshape({B * H, S, hd});
-    at::Tensor scores = at::baddbmm(alibi, qf, kf, /*beta=*/1.0, /*alpha=*/inv_norm);
-    at::Tensor probs = at::softmax(scores.view({B, H, T, S}) + addmask, -1, softmax_dtype).to(dtype_);
-    at::Tensor ctx = at::bmm(probs.view({B * H, T, S}), vf).view({B, H, T, hd}).permute({0, 2, 1, 3}).reshape({B, T, D});
+    at::Tensor ctx;
+    if (use_sdpa) {
+      // Fast mode: one fused attention kernel with ALiBi + mask as its additive bias.
+      ctx = at::scaled_dot_product_attention(q, k, v, bias, 0.0, false, inv_norm)
+                .permute({0, 2, 1, 3})
+                .reshape({B, T, D});
+    } else {
+      at::Tensor qf = q.reshape({B * H, T, hd});
+      at::Tensor kf = k.reshape({B * H, S, hd}).transpose(-1, -2);
+      at::Tensor vf = v.reshape({B * H, S, hd});
+      at::Tensor scores = at::baddbmm(alibi, qf, kf, /*beta=*/1.0, /*alpha=*/inv_norm);
+      at::Tensor probs = at::softmax(scores.view({B, H, T, S}) + addmask, -1, softmax_dtype).to(dtype_);
+      ctx = at::bmm(probs.view({B * H, T, S}), vf).view({B, H, T, hd}).permute({0, 2, 1, 3}).reshape({B, T, D});
+    }
     at::Tensor a = at::linear(ctx, L.dense_w, L.dense_b) + residual;
     at::Tensor ln2 = at::layer_norm(a, {D}, L.ln2_w, L.ln2_b, eps);
     at::Tensor residual2 = config_.apply_residual_connection_post_layernorm ? ln2 : a;
