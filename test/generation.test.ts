@@ -153,3 +153,16 @@ test('plain BloomForCausalLM.generate with max_length, and generation_config.jso
   await expect(m.generate({ input_ids: [[272, 868]], do_sample: true, temperature: 0 })).rejects.toThrow('temperature must be > 0');
   expect(out2 instanceof Tensor).toBe(true);
 });
+
+test('process.exit() from a streamer during a decode exits promptly (the decode does not wait for a dead JS thread)', async () => {
+  const { spawnSync } = await import('node:child_process');
+  const script = `
+    const p = require(${JSON.stringify(path.resolve(__dirname, '..', 'dist'))});
+    (async () => {
+      const m = await p.AutoModelForCausalLM.from_pretrained(${JSON.stringify(path.join(FIXTURES, 'tiny-bloom'))});
+      let n = 0;
+      m.generate({ input_ids: [[5, 6, 7]], max_new_tokens: 500, eos_token_id: [], streamer: () => { if (++n === 3) process.exit(7); } });
+    })();`;
+  const r = spawnSync(process.execPath, ['-e', script], { timeout: 30000 });
+  expect(r.status).toBe(7);
+});

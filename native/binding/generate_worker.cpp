@@ -4,6 +4,7 @@
 #include <c10/core/GradMode.h>
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <mutex>
 
@@ -115,7 +116,8 @@ class GenerateWorker : public Napi::AsyncProgressQueueWorker<int64_t> {
       progress.Send(c.data_ptr<int64_t>(), static_cast<size_t>(c.numel()));
       ++sent;
       std::unique_lock<std::mutex> lock(ack_mu_);
-      ack_cv_.wait(lock, [&] { return acked_ >= sent; });
+      while (!ack_cv_.wait_for(lock, std::chrono::milliseconds(50), [&] { return acked_ >= sent; }))
+        if (g_env_closing.load()) return false;
       return !stop_.load();
     });
   }

@@ -58,6 +58,10 @@ Napi::Value guarded(Napi::Env env, Fn&& fn) {
 // it on its own libuv thread before running.
 inline std::atomic<int> g_num_threads{0};
 
+// Set when the Node environment tears down (process.exit, worker termination): workers waiting for the JS thread
+// (a streaming generate) must stop waiting, or exit would wait for them forever.
+inline std::atomic<bool> g_env_closing{false};
+
 inline void apply_thread_setting() {
   const int want = g_num_threads.load();
   if (want > 0 && at::get_num_threads() != want) at::set_num_threads(want);
