@@ -166,3 +166,18 @@ test('process.exit() from a streamer during a decode exits promptly (the decode 
   const r = spawnSync(process.execPath, ['-e', script], { timeout: 30000 });
   expect(r.status).toBe(7);
 });
+
+test('generate() sees weights written by load_state_dict (no stale decode caches)', async () => {
+  const m = await AutoModelForCausalLM.from_pretrained(path.join(FIXTURES, 'tiny-bloom'));
+  const ids = [[272, 868, 390, 248]];
+  await m.generate({ input_ids: ids, max_new_tokens: 2 }); // builds the decode caches
+  const wte = await m.get_parameter('transformer.word_embeddings.weight');
+  const scaled = new Tensor('float32', Float32Array.from(wte.data as Float32Array, (v, i) => v * (1 + (i % 7) / 10)), wte.dims);
+  await m.load_state_dict({ 'transformer.word_embeddings.weight': scaled }, { strict: false });
+  const out = await m.generate({ input_ids: ids, max_new_tokens: 1, return_dict_in_generate: true, output_scores: true });
+  const full = await m.forward({ input_ids: ids });
+  const V = full.logits!.dims[2];
+  const last = (full.logits!.data as Float32Array).subarray(3 * V, 4 * V);
+  expect(maxRelErr(asNumbers(out.scores![0]), asNumbers(last))).toBeLessThanOrEqual(1e-5);
+  await m.dispose();
+});

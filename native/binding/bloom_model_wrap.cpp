@@ -166,9 +166,11 @@ Napi::Value BloomModelWrap::SetParameter(const Napi::CallbackInfo& info) {
         env, "peft_node.BloomModel.setParameter",
         [=] {
           std::lock_guard<std::mutex> lock(state->mu);
-          const at::Tensor& t = find_param(live(state), name);
+          BloomModel& m = live(state);
+          const at::Tensor& t = find_param(m, name);
           c10::NoGradGuard no_grad;
           at::Tensor(t).copy_(src);
+          m.weights_changed();
         },
         nullptr);
   });

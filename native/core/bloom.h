@@ -56,6 +56,8 @@ class BloomModel {
   // counted once, in module registration order.
   const std::vector<std::pair<std::string, at::Tensor>>& named_parameters() const { return params_; }
   int64_t num_parameters() const;
+  // Call after writing into a parameter (load_state_dict): drops caches derived from the weights.
+  void weights_changed() { lm_head_t_ = at::Tensor(); }
 
  private:
   struct Layer {
@@ -68,6 +70,9 @@ class BloomModel {
   std::vector<Layer> layers_;
   std::vector<std::pair<std::string, at::Tensor>> params_;
   at::Tensor slopes_;  // [n_head] float32 ALiBi slopes, as build_alibi_tensor computes them
+  // lm_head transposed to [D, V] for decoding (made on first use, fast mode only): a [1, D] x [D, V] product streams
+  // the weights contiguously and runs ~1.7x faster than x · W^T on this CPU. Guarded by the caller's model lock.
+  mutable at::Tensor lm_head_t_;
 };
 
 // Exact mode computes transformers' op graph (bit-identical to PEFT on one thread). The default fast mode drops work
