@@ -4,7 +4,7 @@
  */
 import './runtime/dispose_polyfill';
 
-export { PeftNodeError, PeftNodeErrorCode } from './errors';
+export { ERROR_CODES, PeftNodeError, PeftNodeErrorCode, isErrorCode } from './errors';
 export { Tensor, TensorType, TensorData, NestedNumbers } from './tensor';
 export { AutoModelForCausalLM } from './models/auto';
 export { BloomConfig } from './models/bloom/configuration_bloom';

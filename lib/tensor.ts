@@ -2,7 +2,7 @@
  * A CPU tensor as transformers.js shapes it: `{ type, data, dims }`. Values live in a typed array; peft-node uses it
  * to hand inputs to and results from the native addon.
  */
-import { PeftNodeError } from './errors';
+import { PeftNodeError, repr } from './errors';
 
 export type TensorType = 'float32' | 'float64' | 'int32' | 'int64';
 export type TensorData = Float32Array | Float64Array | Int32Array | BigInt64Array;
@@ -37,6 +37,10 @@ export class Tensor {
   readonly dims: number[];
 
   constructor(type: TensorType, data: TensorData, dims: number[]) {
+    if (!Object.prototype.hasOwnProperty.call(ARRAY_TYPES, type))
+      throw new PeftNodeError('ERR_INVALID_INPUT', `Tensor type must be one of ${Object.keys(ARRAY_TYPES).join(', ')}, got ${repr(type)}`);
+    if (!Array.isArray(dims) || !dims.every((d) => Number.isSafeInteger(d) && d >= 0))
+      throw new PeftNodeError('ERR_INVALID_INPUT', `Tensor dims must be an array of non-negative integers, got ${repr(dims)}`);
     const numel = dims.reduce((a, b) => a * b, 1);
     if (typedArrayKind(data) !== ARRAY_TYPES[type].name)
       throw new PeftNodeError('ERR_INVALID_INPUT', `Tensor of type ${type} needs a ${ARRAY_TYPES[type].name}`);
@@ -85,7 +89,11 @@ export class Tensor {
     };
     walk(values, 0);
     const data = new ARRAY_TYPES[type](flat.length);
-    if (type === 'int64') flat.forEach((v, i) => ((data as BigInt64Array)[i] = BigInt(v)));
+    if (type === 'int64')
+      flat.forEach((v, i) => {
+        if (!Number.isSafeInteger(v)) throw new PeftNodeError('ERR_INVALID_INPUT', `int64 tensor values must be integers, found ${v}`);
+        (data as BigInt64Array)[i] = BigInt(v);
+      });
     else (data as Float32Array).set(flat);
     return new Tensor(type, data, dims);
   }

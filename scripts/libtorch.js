@@ -18,7 +18,7 @@
 // Environment:
 //   PEFT_NODE_LIBTORCH, LIBTORCH          explicit libtorch dir (version 2.11-2.14 accepted, the pin 2.13.0 preferred)
 //   PEFT_NODE_ALLOW_VERSION_MISMATCH=1   accept an explicit dir outside 2.11-2.14 or of unknown version
-//   PEFT_NODE_LIBTORCH_VARIANT           variant to locate/fetch: cpu (default), cu126, cu128, ...
+//   PEFT_NODE_VARIANT (or the older PEFT_NODE_LIBTORCH_VARIANT)  variant to locate/fetch: cpu (default), cu126, cu130, ...
 //   PEFT_NODE_CACHE                      cache base (default ${XDG_CACHE_HOME:-~/.cache}/peft-node); libtorch lives in <base>/libtorch
 //   PEFT_NODE_PYTHON                     python executable to probe and to run pip with (default: python3, then python)
 //   PEFT_NODE_NO_FETCH=1                 never fetch (same as --no-fetch)
@@ -282,7 +282,7 @@ function makeContext(opts = {}) {
     download: opts.download || downloadUrl,
     log: opts.log || defaultLog,
     version: opts.version || PINNED_VERSION,
-    variant: opts.variant || env.PEFT_NODE_LIBTORCH_VARIANT || PINNED_VARIANT,
+    variant: opts.variant || env.PEFT_NODE_VARIANT || env.PEFT_NODE_LIBTORCH_VARIANT || PINNED_VARIANT,
     cacheRoot: path.resolve(opts.cacheRoot || defaultCacheRoot(env)),
     allowFetch: opts.allowFetch !== undefined ? Boolean(opts.allowFetch) && !noFetchEnv : !noFetchEnv,
     pythons: opts.pythons || (env.PEFT_NODE_PYTHON ? [env.PEFT_NODE_PYTHON] : ['python3', 'python']),
@@ -662,11 +662,19 @@ async function fetchWithPip(ctx, tmp) {
     { label: '--no-index', args: ['--no-index'] },
     { label: `--extra-index-url ${indexUrl}`, args: ['--extra-index-url', indexUrl, '--retries', '1', '--timeout', '30'] },
   ];
+  // PyPI's own torch wheel (no local tag: "torch==2.14.1") is a CUDA build (13.0 for 2.14); a local wheel store or
+  // PyPI mirror may only have that one. Only for CUDA variants, and the variant is checked after extraction
+  // (torch/version.py's `cuda`), so a wheel of another CUDA version is rejected, not used.
+  if (/^cu\d+$/.test(ctx.variant)) {
+    attempts.push({ label: '(no local version tag, pip\'s configured indexes)', spec: `torch==${ctx.version}`, args: ['--retries', '1', '--timeout', '30'] });
+  }
   const failures = [];
   for (const attempt of attempts) {
-    const cmdline = `${pip.join(' ')} download ${spec} ${attempt.label}`;
+    const wanted = attempt.spec || spec;
+    const cmdline = `${pip.join(' ')} download ${wanted} ${attempt.label}`;
     ctx.log(`running ${cmdline}`);
-    const r = await ctx.exec(pip[0], [...pip.slice(1), ...common, ...attempt.args], { timeoutMs: ctx.pipTimeoutMs, env: ctx.env });
+    const args = [...common.map((a) => (a === spec ? wanted : a)), ...attempt.args];
+    const r = await ctx.exec(pip[0], [...pip.slice(1), ...args], { timeoutMs: ctx.pipTimeoutMs, env: ctx.env });
     const wheel = (ctx.fs.existsSync(dl) ? ctx.fs.readdirSync(dl) : []).find((f) => /^torch-.*\.whl$/.test(f));
     if (r.code === 0 && wheel) {
       const x = path.join(tmp, 'x');

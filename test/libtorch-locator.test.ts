@@ -499,3 +499,53 @@ function makeZip(entries: { name: string; data: string; mode?: number }[]): Buff
   eocd.writeUInt32LE(offset, 16);
   return Buffer.concat([...locals, cd, eocd]);
 }
+
+describe('CUDA variants through pip (cu130: PyPI-style wheels have no local version tag)', () => {
+  /** pip that only has `torch==<plain>` (a local wheel store / PyPI mirror) and unzip making a CUDA fake torch. */
+  function cudaPip(wheelCuda: string) {
+    const specs: string[] = [];
+    const exec = async (cmd: string, args: string[]) => {
+      const pipArgs = args[0] === '-m' && args[1] === 'pip' ? args.slice(2) : null;
+      if (pipArgs && pipArgs[0] === '--version') return { code: 0, stdout: 'pip 24\n', stderr: '' };
+      if (pipArgs && pipArgs[0] === 'download') {
+        specs.push(pipArgs[1]);
+        if (pipArgs[1] !== 'torch==2.14.1') return { code: 1, stdout: '', stderr: `ERROR: No matching distribution found for ${pipArgs[1]}` };
+        const dest = pipArgs[pipArgs.indexOf('-d') + 1];
+        fs.writeFileSync(path.join(dest, 'torch-2.14.1-cp311-cp311-manylinux_2_28_x86_64.whl'), 'fake wheel');
+        return { code: 0, stdout: '', stderr: '' };
+      }
+      if (cmd === 'unzip') {
+        const dest = args[args.indexOf('-d') + 1];
+        const dir = makeFakeLibtorch(path.join(dest, 'torch'), { version: `2.14.1+${wheelCuda}`, cuda: true });
+        fs.writeFileSync(path.join(dir, 'version.py'), `__version__ = '2.14.1+${wheelCuda}'\ncuda: Optional[str] = '13.0'\n`);
+        return { code: 0, stdout: '', stderr: '' };
+      }
+      return { code: null, stdout: '', stderr: '', error: Object.assign(new Error('spawn ENOENT'), { code: 'ENOENT' }) };
+    };
+    return { exec, specs };
+  }
+
+  test('libtorch install --variant cu130 --version 2.14.1: the plain torch==2.14.1 wheel is used, its variant checked', async () => {
+    const f = cudaPip('cu130');
+    const r = await lt.locateLibtorch(opts({ exec: f.exec, variant: 'cu130', version: '2.14.1', pythons: ['python3'] }));
+    expect(r).toMatchObject({ source: 'fetched', version: '2.14.1', variant: 'cu130', cuda: true });
+    expect(r.root).toBe(path.join(tmp, 'cache', '2.14.1-cu130'));
+    // The zip (network, refused here) first, then pip: exact spec offline, exact spec on the PyTorch index, plain spec.
+    expect(f.specs).toEqual(['torch==2.14.1+cu130', 'torch==2.14.1+cu130', 'torch==2.14.1']);
+    expect(logs.join('\n')).toMatch(/fetch failed \(libtorch zip .*cu130.*\): test tried the network/);
+  });
+
+  test('a plain wheel of another CUDA version is rejected, not cached', async () => {
+    const f = cudaPip('cu128');
+    const err = await lt.locateLibtorch(opts({ exec: f.exec, variant: 'cu130', version: '2.14.1', pythons: ['python3'] })).catch((e: Error) => e);
+    expect(err.code).toBe('ERR_LIBTORCH_NOT_FOUND');
+    expect(err.message).toMatch(/got variant cu128, expected cu130/);
+    expect(fs.readdirSync(path.join(tmp, 'cache'))).toEqual([]);
+  });
+
+  test('the CPU variant never takes a plain (CUDA) wheel', async () => {
+    const f = cudaPip('cu130');
+    await lt.locateLibtorch(opts({ exec: f.exec, pythons: ['python3'], env: { PEFT_NODE_LIBTORCH_URL: path.join(tmp, 'none.zip') } })).catch(() => null);
+    expect(f.specs).toEqual(['torch==2.13.0+cpu', 'torch==2.13.0+cpu']);
+  });
+});

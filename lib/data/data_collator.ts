@@ -7,7 +7,7 @@
  * The collator is callable like Python's: `collator(features)`. `collator.call(features)` and
  * `collator.__call__(features)` do the same, for code that prefers a method.
  */
-import { PeftNodeError } from '../errors';
+import { PeftNodeError, repr } from '../errors';
 import { Tensor } from '../tensor';
 import { Callable } from '../tokenizer/callable';
 import { EncodedExample, PaddingStrategy, PreTrainedTokenizer } from '../tokenizer/tokenization_utils';
@@ -70,7 +70,7 @@ export class DataCollatorForSeq2Seq extends Callable {
     if (options.return_tensors !== undefined && options.return_tensors !== 'pt')
       throw new PeftNodeError(
         'ERR_INVALID_INPUT',
-        `DataCollatorForSeq2Seq: return_tensors must be 'pt', got ${JSON.stringify(options.return_tensors)}`,
+        `DataCollatorForSeq2Seq: return_tensors must be 'pt', got ${repr(options.return_tensors)}`,
       );
     this.tokenizer = options.tokenizer;
     this.padding = options.padding ?? true;
@@ -84,6 +84,10 @@ export class DataCollatorForSeq2Seq extends Callable {
   __call__(features: Seq2SeqFeature[]): Seq2SeqBatch {
     if (!Array.isArray(features) || features.length === 0)
       throw new PeftNodeError('ERR_INVALID_INPUT', 'DataCollatorForSeq2Seq: expected a non-empty array of examples');
+    features.forEach((f, i) => {
+      if (typeof f !== 'object' || f === null || Array.isArray(f))
+        throw new PeftNodeError('ERR_INVALID_INPUT', `DataCollatorForSeq2Seq: example ${i} is not an object of columns (got ${repr(f)})`);
+    });
     const labelName = 'label' in features[0] ? 'label' : 'labels';
     let labels = labelName in features[0] ? features.map((f) => f[labelName]) : null;
     if (labels && labels.every((l) => l === null || l === undefined)) labels = null;

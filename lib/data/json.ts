@@ -17,6 +17,27 @@ export function lineColumn(text: string, offset: number): { line: number; column
   return { line, column: [...text.slice(lineStart, offset)].length + 1 };
 }
 
+/**
+ * Deepest nesting accepted. Python's json gives up near its recursion limit (1000) too; deeper documents would
+ * overflow the stack of every recursive consumer (row copies, user code, JSON.stringify).
+ */
+export const MAX_JSON_DEPTH = 1000;
+
+/** Offset of the bracket that nests deeper than `limit` in valid JSON `text`, or -1. */
+export function nestingTooDeep(text: string, limit = MAX_JSON_DEPTH): number {
+  let depth = 0;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c === 0x22) {
+      // Skip the string (the text is valid JSON: every string is closed).
+      for (i++; i < text.length && text.charCodeAt(i) !== 0x22; i++) if (text.charCodeAt(i) === 0x5c) i++;
+    } else if (c === 0x5b || c === 0x7b) {
+      if (++depth > limit) return i;
+    } else if (c === 0x5d || c === 0x7d) depth--;
+  }
+  return -1;
+}
+
 /** Offset and reason of the first syntax error in `text` (which `JSON.parse` rejected). */
 export function findJsonError(text: string): { offset: number; reason: string } {
   let i = 0;
@@ -50,10 +71,11 @@ export function findJsonError(text: string): { offset: number; reason: string } 
     i++;
   };
   const NUMBER = /-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?/y;
-  const value = (): void => {
+  const value = (depth = 1): void => {
     ws();
     const c = text[i];
     if (c === '{' || c === '[') {
+      if (depth > MAX_JSON_DEPTH) fail(`nesting deeper than ${MAX_JSON_DEPTH} levels`);
       const close = c === '{' ? '}' : ']';
       i++;
       ws();
@@ -67,7 +89,7 @@ export function findJsonError(text: string): { offset: number; reason: string } 
           if (text[i] !== ':') fail("expected ':' after property name");
           i++;
         }
-        value();
+        value(depth + 1);
         ws();
         if (text[i] === ',') i++;
         else if (text[i] === close) return void i++;
@@ -96,8 +118,9 @@ export function findJsonError(text: string): { offset: number; reason: string } 
  * `firstLine` shifts the reported line (a JSON Lines record on line N parses with `firstLine = N`).
  */
 export function parseJson(text: string, file: string, firstLine = 1): unknown {
+  let value: unknown;
   try {
-    return JSON.parse(text);
+    value = JSON.parse(text);
   } catch (err) {
     const { offset, reason } = findJsonError(text);
     const { line, column } = lineColumn(text, offset);
@@ -105,6 +128,12 @@ export function parseJson(text: string, file: string, firstLine = 1): unknown {
       cause: err,
     });
   }
+  const deep = typeof value === 'object' && value !== null ? nestingTooDeep(text) : -1;
+  if (deep >= 0) {
+    const { line, column } = lineColumn(text, deep);
+    throw new PeftNodeError('ERR_JSON', `${file}: line ${line + firstLine - 1} column ${column}: nesting deeper than ${MAX_JSON_DEPTH} levels`);
+  }
+  return value;
 }
 
 /** Reads a UTF-8 file (a leading BOM is dropped), naming the path when it is missing or unreadable. */

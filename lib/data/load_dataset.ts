@@ -8,7 +8,7 @@
  * have the same columns"). Values are kept as parsed: no Arrow type unification (HF would turn `1` into `1.0` next
  * to `1.5`, which JS cannot tell apart anyway, or JSON-encode mixed-type columns).
  */
-import { PeftNodeError } from '../errors';
+import { PeftNodeError, repr } from '../errors';
 import { DataFiles, resolve_data_files } from './data_files';
 import { Dataset, DatasetDict, pyList, Row } from './dataset';
 import { isPlainObject, parseJson, readTextFile } from './json';
@@ -36,7 +36,15 @@ export async function load_dataset(path: 'json', options: LoadDatasetOptions & {
 export async function load_dataset(path: 'json', options: LoadDatasetOptions & { split?: undefined }): Promise<DatasetDict<Row>>;
 export async function load_dataset(path: 'json', options: LoadDatasetOptions): Promise<Dataset<Row> | DatasetDict<Row>> {
   if ((path as string) !== 'json')
-    throw new PeftNodeError('ERR_INVALID_INPUT', `load_dataset: only the "json" builder is supported, got ${JSON.stringify(path)}`);
+    throw new PeftNodeError('ERR_INVALID_INPUT', `load_dataset: only the "json" builder is supported, got ${repr(path)}`);
+  options = options ?? {};
+  const isStrings = (v: unknown) => typeof v === 'string' || (Array.isArray(v) && v.length > 0 && v.every((x) => typeof x === 'string'));
+  const df = options.data_files;
+  if (df !== undefined && !isStrings(df) && !(isPlainObject(df) && Object.keys(df).length > 0 && Object.values(df).every(isStrings)))
+    throw new PeftNodeError('ERR_INVALID_INPUT', `load_dataset: data_files must be a path, a list of paths or { split: path(s) }, got ${repr(df)}`);
+  for (const k of ['data_dir', 'split', 'field'] as const)
+    if (options[k] !== undefined && typeof options[k] !== 'string')
+      throw new PeftNodeError('ERR_INVALID_INPUT', `load_dataset: ${k} must be a string, got ${repr(options[k])}`);
   const splits = await resolve_data_files(options);
   if (options.split !== undefined && !(options.split in splits))
     throw new PeftNodeError('ERR_INVALID_INPUT', `Unknown split "${options.split}". Should be one of ${pyList(Object.keys(splits))}.`);

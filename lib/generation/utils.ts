@@ -4,8 +4,9 @@
  * prompt + new ids returned. The decode loop is native (a preallocated KV cache, one token per step) and runs off the
  * main thread; streamers get each step's tokens as they come.
  */
-import { PeftNodeError } from '../errors';
+import { CALLER_ERRORS, PeftNodeError, repr } from '../errors';
 import type { PrefixEncoder } from '../peft/prefix_encoder';
+import { check_allocation, dtype_bytes } from '../runtime/memory';
 import type { NativeBloomModel } from '../runtime/native';
 import { IntMatrixLike, Tensor, toIntMatrix } from '../tensor';
 import { GenerationConfig } from './configuration_utils';
@@ -42,7 +43,17 @@ export interface GenerateOutput {
 }
 
 function check(name: string, v: unknown, ok: boolean, what: string): void {
-  if (v !== undefined && !ok) throw new PeftNodeError('ERR_INVALID_INPUT', `generate: ${name} ${what}, got ${JSON.stringify(v)}`);
+  if (v !== undefined && !ok) throw new PeftNodeError('ERR_INVALID_INPUT', `generate: ${name} ${what}, got ${repr(v)}`);
+}
+
+/** Runs the caller's code (a streamer); what it throws reaches the caller unchanged, not as a libtorch error. */
+function callerCode(f: () => unknown): void {
+  try {
+    f();
+  } catch (err) {
+    if (typeof err === 'object' && err !== null) CALLER_ERRORS.add(err);
+    throw err;
+  }
 }
 
 /** @internal shared by BloomForCausalLM.generate and PeftModel.generate */
@@ -69,9 +80,16 @@ export async function run_generate(
   check('top_p', o.top_p, typeof o.top_p === 'number' && o.top_p > 0 && o.top_p <= 1, 'must be in (0, 1]');
   check('repetition_penalty', o.repetition_penalty, typeof o.repetition_penalty === 'number' && o.repetition_penalty > 0, 'must be > 0');
   check('seed', options.seed, Number.isSafeInteger(options.seed) && options.seed! >= 0, 'must be a non-negative integer');
+  // A KV-cache decoder ends up holding keys and values for every position: refuse what cannot fit, before allocating.
+  const mc = handle.config() as { n_layer: number; hidden_size: number; vocab_size: number; dtype: string; device: string };
+  const P = prefix.encoder ? prefix.encoder.handle.options().numVirtualTokens : 0;
+  const hint = 'lower max_new_tokens / max_length or the batch size';
+  check_allocation(`generate with ${B} row(s) of ${P} + ${T} + ${maxNew} positions`, 2 * mc.n_layer * B * (P + T + maxNew) * mc.hidden_size * dtype_bytes(mc.dtype), mc.device, hint);
+  if (options.output_scores) check_allocation(`generate's output_scores (${maxNew} x ${B} x ${mc.vocab_size})`, maxNew * B * mc.vocab_size * 4, mc.device, hint, maxNew * B * mc.vocab_size);
   const eos = o.eos_token_id === null || o.eos_token_id === undefined ? [] : Array.isArray(o.eos_token_id) ? o.eos_token_id : [o.eos_token_id];
   const streamer = options.streamer;
-  if (streamer && typeof streamer !== 'function') streamer.put(Array.from(ids.data)); // HF puts the prompt first
+  let callerError: { err: unknown } | undefined;
+  if (streamer && typeof streamer !== 'function') callerCode(() => streamer.put(Array.from(ids.data))); // HF puts the prompt first
   const r = await handle.generate(
     { inputIds: ids.data, batch: B, seqLen: T, attentionMask: mask },
     {
@@ -87,11 +105,24 @@ export async function run_generate(
       outputScores: options.output_scores ?? false,
       encoder: prefix.encoder?.handle,
       onStep: streamer
-        ? (tokens: Int32Array) => (typeof streamer === 'function' ? streamer(Array.from(tokens)) : (streamer.put(Array.from(tokens)), undefined))
+        ? (tokens: Int32Array) => {
+            if (callerError) return false;
+            try {
+              return typeof streamer === 'function' ? streamer(Array.from(tokens)) : (streamer.put(Array.from(tokens)), undefined);
+            } catch (err) {
+              callerError = { err }; // stop decoding; rethrown as it is once the native call returns
+              return false;
+            }
+          }
         : undefined,
     },
   );
-  if (streamer && typeof streamer !== 'function') streamer.end();
+  if (callerError) {
+    const { err } = callerError;
+    if (typeof err === 'object' && err !== null) CALLER_ERRORS.add(err);
+    throw err;
+  }
+  if (streamer && typeof streamer !== 'function') callerCode(() => streamer.end());
   const data = BigInt64Array.from(r.sequences, (v) => BigInt(v));
   const sequences = new Tensor('int64', data, r.dims);
   if (!options.return_dict_in_generate) return sequences;

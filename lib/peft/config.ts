@@ -4,7 +4,8 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { PeftNodeError } from '../errors';
+import { parseJson } from '../data/json';
+import { PeftNodeError, repr } from '../errors';
 import { writeFileAtomic } from '../utils/fs_atomic';
 import { pythonJsonDumps } from '../utils/python_json';
 
@@ -91,7 +92,7 @@ function invalid(message: string): PeftNodeError {
 
 function checkPositiveInt(name: string, v: unknown): void {
   if (v !== null && (typeof v !== 'number' || !Number.isSafeInteger(v) || v <= 0))
-    throw invalid(`${name} must be a positive integer${v === null ? '' : `, got ${JSON.stringify(v)}`}`);
+    throw invalid(`${name} must be a positive integer${v === null ? '' : `, got ${repr(v)}`}`);
 }
 
 export class PrefixTuningConfig implements PrefixTuningConfigFields {
@@ -139,9 +140,9 @@ export class PrefixTuningConfig implements PrefixTuningConfigFields {
     for (const k of ['num_virtual_tokens', 'token_dim', 'num_transformer_submodules', 'num_attention_heads', 'num_layers', 'encoder_hidden_size'] as const)
       checkPositiveInt(k, this[k]);
     for (const k of ['inference_mode', 'prefix_projection'] as const)
-      if (typeof this[k] !== 'boolean') throw invalid(`${k} must be a boolean, got ${JSON.stringify(this[k])}`);
+      if (typeof this[k] !== 'boolean') throw invalid(`${k} must be a boolean, got ${repr(this[k])}`);
     if (this.init_weights !== null && this.init_weights !== 'zero')
-      throw invalid(`init_weights must be null or "zero", got ${JSON.stringify(this.init_weights)}`);
+      throw invalid(`init_weights must be null or "zero", got ${repr(this.init_weights)}`);
     for (const k of ['peft_version', 'base_model_name_or_path', 'revision'] as const)
       if (this[k] !== null && typeof this[k] !== 'string') throw invalid(`${k} must be a string or null`);
     if (this.modules_to_save !== null && (!Array.isArray(this.modules_to_save) || this.modules_to_save.some((m) => typeof m !== 'string')))
@@ -185,12 +186,13 @@ export class PrefixTuningConfig implements PrefixTuningConfigFields {
   static from_pretrained(dir: string): PrefixTuningConfig {
     const file = path.join(dir, CONFIG_NAME);
     if (!fs.existsSync(file)) throw new PeftNodeError('ERR_FILE_NOT_FOUND', `adapter config not found: ${file}`);
-    let raw: unknown;
+    let text: string;
     try {
-      raw = JSON.parse(fs.readFileSync(file, 'utf8'));
+      text = fs.readFileSync(file, 'utf8');
     } catch (err) {
-      throw new PeftNodeError('ERR_JSON', `${file} is not valid JSON: ${(err as Error).message}`);
+      throw new PeftNodeError('ERR_IO', `cannot read ${file}: ${(err as Error).message}`, { cause: err });
     }
+    const raw = parseJson(text, file); // ERR_JSON with line and column; refuses absurd nesting
     if (typeof raw !== 'object' || raw === null || Array.isArray(raw))
       throw new PeftNodeError('ERR_CONFIG', `${file} must hold a JSON object`);
     const obj = raw as Record<string, unknown>;

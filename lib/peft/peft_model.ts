@@ -137,6 +137,8 @@ export class PeftModel implements AsyncDisposable {
   /** @internal per adapter, resolved once its parameters exist natively */
   protected readonly encoders = new Map<string, Promise<PrefixEncoder>>();
   private disposed = false;
+  /** Calls in progress, registered when made: dispose() waits for them (they were issued before it). */
+  private readonly inflight = new Set<Promise<unknown>>();
 
   /** @internal use get_peft_model or PeftModel.from_pretrained */
   constructor(model: BloomForCausalLM, config: PrefixTuningConfig, adapter_name: string, encoder: Promise<PrefixEncoder>) {
@@ -152,6 +154,19 @@ export class PeftModel implements AsyncDisposable {
     if (this.disposed) throw new PeftNodeError('ERR_DISPOSED', 'this PEFT model was disposed');
   }
 
+  /**
+   * Runs `call` now and remembers it until it settles. The adapter's encoder is only reached after an await, so
+   * without this a dispose() issued right after a call could free the encoder before the call queued its work.
+   */
+  protected track<T>(call: () => Promise<T>): Promise<T> {
+    this.check();
+    const p = call();
+    this.inflight.add(p);
+    const done = () => void this.inflight.delete(p);
+    p.then(done, done);
+    return p;
+  }
+
   /** The active adapter's PrefixEncoder (PEFT's `prompt_encoder[active_adapter]`). */
   async prompt_encoder(adapter_name = this.active_adapter): Promise<PrefixEncoder> {
     this.check();
@@ -165,8 +180,10 @@ export class PeftModel implements AsyncDisposable {
    * labels stay as given). With `backward`, gradients accumulate into the prefix parameters.
    */
   async forward(inputs: CausalLMInputs, options: PeftForwardOptions = {}): Promise<CausalLMOutput> {
-    const encoder = await this.prompt_encoder();
-    return this.base_model.forward(inputs, { ...options, encoder });
+    return this.track(async () => {
+      const encoder = await this.prompt_encoder();
+      return this.base_model.forward(inputs, { ...options, encoder });
+    });
   }
 
   /**
@@ -176,8 +193,10 @@ export class PeftModel implements AsyncDisposable {
   generate(options: GenerateOptions & { return_dict_in_generate: true }): Promise<GenerateOutput>;
   generate(options: GenerateOptions): Promise<Tensor>;
   async generate(options: GenerateOptions): Promise<Tensor | GenerateOutput> {
-    const encoder = await this.prompt_encoder();
-    return this.base_model.generate({ ...options, encoder });
+    return this.track(async () => {
+      const encoder = await this.prompt_encoder();
+      return this.base_model.generate({ ...options, encoder });
+    });
   }
 
   /** generate() as an async iterator of text pieces (batch 1): never splits a character; the prompt is skipped. */
@@ -228,12 +247,14 @@ export class PeftModel implements AsyncDisposable {
 
   /** The [P, 2·L·D] float32 prefix an adapter file stores (the MLP's output when projecting). */
   async get_prompt_embedding_to_save(adapter_name = this.active_adapter): Promise<Tensor> {
-    return (await this.prompt_encoder(adapter_name)).prompt_embeddings();
+    return this.track(async () => (await this.prompt_encoder(adapter_name)).prompt_embeddings());
   }
 
   /** Clears the prefix gradients (torch's zero_grad with set_to_none). */
   async zero_grad(): Promise<void> {
-    for (const name of this.encoders.keys()) await (await this.prompt_encoder(name)).zero_grad();
+    return this.track(async () => {
+      for (const name of this.encoders.keys()) await (await this.prompt_encoder(name)).zero_grad();
+    });
   }
 
   train(mode = true): this {
@@ -253,7 +274,10 @@ export class PeftModel implements AsyncDisposable {
    * existing directory each file is replaced atomically (config last).
    */
   async save_pretrained(dir: string, options: SavePretrainedOptions = {}): Promise<void> {
-    this.check();
+    return this.track(() => this.savePretrained(dir, options));
+  }
+
+  private async savePretrained(dir: string, options: SavePretrainedOptions): Promise<void> {
     if (fs.existsSync(dir) && !fs.statSync(dir).isDirectory())
       throw new PeftNodeError('ERR_IO', `Provided path (${dir}) should be a directory, not a file`);
     const adapters = options.selected_adapters ?? Object.keys(this.peft_config);
@@ -294,6 +318,7 @@ export class PeftModel implements AsyncDisposable {
   async dispose(): Promise<void> {
     if (this.disposed) return;
     this.disposed = true;
+    await Promise.allSettled([...this.inflight]);
     for (const enc of this.encoders.values()) await (await enc.catch(() => undefined))?.dispose();
   }
 

@@ -218,6 +218,23 @@ interface NodeGypBuild {
   compareTags(runtime: string): (a: GypTags, b: GypTags) => number;
 }
 
+/** The subset of node-gyp-build's rules that our file names use (<name>.napi.<glibc|musl>.node). */
+const minimalTags: NodeGypBuild = {
+  parseTags(file) {
+    const parts = file.split('.');
+    if (parts.pop() !== 'node') return undefined;
+    const libc = parts.find((p) => p === 'glibc' || p === 'musl');
+    return { file, libc, specificity: parts.filter((p) => p === 'napi' || p === libc).length } as GypTags;
+  },
+  matchTags: () => (t) => {
+    if (!t) return false;
+    const libc = (t as GypTags & { libc?: string }).libc;
+    const mine = process.env.LIBC || (fs.existsSync('/etc/alpine-release') ? 'musl' : 'glibc');
+    return !libc || libc === mine;
+  },
+  compareTags: () => (a, b) => ((b as GypTags & { specificity: number }).specificity - (a as GypTags & { specificity: number }).specificity),
+};
+
 /** The binary node-gyp-build 4.8's rules pick in a variant dir (<name>.<tags>.node; napi, glibc/musl, ...). */
 export function pickBinary(dir: string): string | null {
   let files: string[];
@@ -226,8 +243,13 @@ export function pickBinary(dir: string): string | null {
   } catch {
     return null;
   }
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
-  const ngb = require('node-gyp-build') as NodeGypBuild;
+  let ngb: NodeGypBuild;
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    ngb = require('node-gyp-build') as NodeGypBuild;
+  } catch {
+    ngb = minimalTags; // a package copied without its dependencies
+  }
   const runtime = 'node';
   const abi = process.versions.modules;
   const winner = files
@@ -485,10 +507,10 @@ interface ChildResult {
   info?: Record<string, unknown>;
 }
 
-/** This module as a file a child `node` can run (under ts-jest, the compiled copy in dist/). */
-function loaderScript(root: string): string | null {
+/** This module as a file a child `node` can run (under ts-jest, the compiled copy in this package's dist/). */
+function loaderScript(): string | null {
   if (__filename.endsWith('.js')) return __filename;
-  const compiled = path.join(root, 'dist', 'runtime', 'loader.js');
+  const compiled = path.join(PACKAGE_ROOT, 'dist', 'runtime', 'loader.js');
   return exists(compiled) ? compiled : null;
 }
 
@@ -512,7 +534,6 @@ export function testLoad(
   c: Candidate,
   opts: LoaderOptions = {},
 ): { ok: boolean; reason?: string; info?: Record<string, unknown>; cached?: boolean } {
-  const root = opts.root ?? PACKAGE_ROOT;
   const env = opts.env ?? process.env;
   const dir = opts.verdictDir === undefined ? defaultVerdictDir(env) : opts.verdictDir;
   const key = verdictKey(c);
@@ -522,7 +543,7 @@ export function testLoad(
     const v = readJson<{ ok: boolean; info?: Record<string, unknown>; file?: string }>(verdictFile);
     if (v?.ok && v.file === realpath(c.file)) return { ok: true, info: v.info, cached: true };
   }
-  const script = loaderScript(root);
+  const script = loaderScript();
   if (!script) return { ok: false, reason: `cannot test-load: neither ${__filename} as JS nor dist/runtime/loader.js (run npm run build)` };
   const spec: ChildSpec = { file: c.file, preload: c.preload ? { root: c.preload.root, libDir: c.preload.libDir, cuda: c.preload.cuda } : null };
   const r = spawnSync(process.execPath, [script, CHECK_FLAG, JSON.stringify(spec)], {
@@ -736,12 +757,16 @@ export function loadError(res: Resolution, opts: LoaderOptions = {}, cause?: unk
   const localPresent = res.attempts.some((a) => a.kind === 'local' && !/^not built/.test(a.reason ?? ''));
   const info = readJson<BuildInfo>(path.join(prebuiltDir(root, res.variant), 'build-info.json'));
   const need = info ? `libtorch ${info.libtorch.version} (${info.libtorch.variant})` : `libtorch (${res.variant})`;
-  const versionArgs = info ? ` --variant ${info.libtorch.variant}${info.libtorch.version !== libtorchScript(root).PINNED_VERSION ? ` --version ${info.libtorch.version}` : ''}` : '';
+  const otherVersion = info && info.libtorch.version !== libtorchScript(root).PINNED_VERSION;
+  const variantArg = info ? ` --variant ${info.libtorch.variant}` : '';
+  // The CLI spells it --torch-version (yargs keeps --version for the package's own).
+  const cliArgs = `${variantArg}${otherVersion ? ` --torch-version ${info.libtorch.version}` : ''}`;
+  const scriptArgs = `${variantArg}${otherVersion ? ` --version ${info.libtorch.version}` : ''}`;
   const fixes = [
     ...(prebuiltMissingLibtorch
       ? [
-          `  - fetch ${need} for the prebuilt binary: \`npx peft-node libtorch install${versionArgs}\` ` +
-            `(or \`node ${path.join(root, 'scripts', 'libtorch.js')} install${versionArgs}\`), or set PEFT_NODE_LIBTORCH to a ${need} dir;`,
+          `  - fetch ${need} for the prebuilt binary: \`npx peft-node libtorch install${cliArgs}\` ` +
+            `(or \`node ${path.join(root, 'scripts', 'libtorch.js')} install${scriptArgs}\`), or set PEFT_NODE_LIBTORCH to a ${need} dir;`,
         ]
       : []),
     `  - build the addon from source: \`npm rebuild peft-node\` in your project, or \`npm run build:native\` in ${root} ` +
@@ -797,6 +822,83 @@ export function loadAddon<T>(opts: LoaderOptions = {}): LoadedAddon<T> {
     const a = res.attempts.find((x) => x.file === c.file && x.ok);
     if (a) Object.assign(a, { ok: false, reason: `${a.reason ? `${a.reason}; ` : ''}passed its test load but failed here: ${(err as Error).message}` });
     throw loadError(res, opts, err);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Report (for `peft-node doctor`)
+
+export interface PrebuiltSummary {
+  variant: string;
+  file: string | null;
+  libtorch: string | null;
+  /** Built from the native sources next to it (a stale one is never loaded). */
+  current: boolean;
+  glibcRequired: string | null;
+  glibcxxRequired: string | null;
+  date: string | null;
+}
+
+export interface AddonReport {
+  platform: string;
+  variant: string;
+  variantReason: string;
+  /** The binary this process has loaded, if any. */
+  loaded: { kind: CandidateKind; file: string; libtorch: string | null } | null;
+  /** What a load would pick now (each candidate test-loaded in a child; cached verdicts are reused). */
+  chosen: { kind: CandidateKind; file: string; libtorch: string | null; torchVersion: string | null } | null;
+  attempts: Attempt[];
+  prebuilts: PrebuiltSummary[];
+  installRecord: InstallRecord | null;
+  verdictDir: string;
+}
+
+/** Everything `peft-node doctor` needs to say which binary runs, against which libtorch, and why. Never throws. */
+export function addonReport(opts: LoaderOptions = {}): AddonReport {
+  const root = opts.root ?? PACKAGE_ROOT;
+  const env = opts.env ?? process.env;
+  const here = nativeSourceHash(root);
+  const prebuilts = prebuiltVariants(root).map((variant): PrebuiltSummary => {
+    const dir = prebuiltDir(root, variant);
+    const info = readJson<BuildInfo>(path.join(dir, 'build-info.json'));
+    return {
+      variant,
+      file: pickBinary(dir),
+      libtorch: info ? `${info.libtorch.fullVersion ?? info.libtorch.version} (${info.libtorch.variant})` : null,
+      current: Boolean(info && (!info.sourceHash || !here || info.sourceHash === here)),
+      glibcRequired: info?.glibc?.required ?? null,
+      glibcxxRequired: info?.glibc?.glibcxxRequired ?? null,
+      date: info?.date ?? null,
+    };
+  });
+  let res: Resolution;
+  try {
+    res = resolveAddon(opts);
+  } catch (err) {
+    res = { ...wantedVariantSafe(opts), chosen: null, attempts: [{ kind: 'prebuilt', file: '', ok: false, reason: (err as Error).message }] };
+  }
+  const c = res.chosen;
+  return {
+    platform: platformTag(),
+    variant: res.variant,
+    variantReason: res.variantReason,
+    loaded: lastLoad ? { kind: lastLoad.kind, file: lastLoad.file, libtorch: lastLoad.libtorch?.root ?? null } : null,
+    chosen: c
+      ? { kind: c.kind, file: c.file, libtorch: c.preload?.root ?? null, torchVersion: typeof res.info?.torchVersion === 'string' ? res.info.torchVersion : null }
+      : null,
+    attempts: res.attempts,
+    prebuilts,
+    installRecord: readJson<InstallRecord>(path.join(root, 'build', 'peft-node-install.json')),
+    verdictDir: opts.verdictDir ?? defaultVerdictDir(env),
+  };
+}
+
+function wantedVariantSafe(opts: LoaderOptions): { variant: string; variantReason: string } {
+  try {
+    const w = wantedVariant(opts);
+    return { variant: w.variant, variantReason: w.reason };
+  } catch {
+    return { variant: 'cpu', variantReason: 'default' };
   }
 }
 

@@ -147,7 +147,7 @@ export interface NativeAddon {
   manualSeed(seed: number): void;
   setNumThreads(n: number): void;
   setExactMode(exact: boolean): void;
-  shutdown(): void;
+  shutdown?(): void;
   info(): NativeInfo;
 }
 
@@ -158,6 +158,6 @@ export function native(): NativeAddon {
   if (cached) return cached;
   cached = loadAddon<NativeAddon>().addon;
   // process.exit() joins libuv's threads without environment cleanup: release a decode waiting for its streamer.
-  process.once('exit', () => cached?.shutdown());
+  process.once('exit', () => cached?.shutdown?.());
   return cached;
 }

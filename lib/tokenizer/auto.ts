@@ -52,7 +52,10 @@ export class AutoTokenizer {
     const specialMap = await optionalJson(path.join(dir, 'special_tokens_map.json'));
     const overrides = Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined));
     try {
-      return new PreTrainedTokenizer(tokenizerJson, { ...config, ...specialMap, ...overrides }, dir);
+      const tokenizer = new PreTrainedTokenizer(tokenizerJson, { ...config, ...specialMap, ...overrides }, dir);
+      // tokenizers.js builds pipeline steps lazily: run one text through now, so a broken tokenizer.json fails here.
+      tokenizer.decode(tokenizer('Hello, 你好 123!\n').input_ids);
+      return tokenizer;
     } catch (err) {
       if (err instanceof PeftNodeError) throw err;
       // Parsed once in the constructor; re-parse only on failure, to locate the error.

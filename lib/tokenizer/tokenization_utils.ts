@@ -7,7 +7,7 @@
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
 import { Tokenizer } from '@huggingface/tokenizers';
-import { PeftNodeError } from '../errors';
+import { PeftNodeError, repr } from '../errors';
 import { Tensor, typedArrayKind } from '../tensor';
 import { Callable } from './callable';
 
@@ -85,6 +85,9 @@ type SpecialTokenKey = (typeof SPECIAL_TOKEN_KEYS)[number];
 export const VERY_LARGE_INTEGER = 1e30;
 const LARGE_INTEGER = 1e20;
 
+/** Keys `pad` pads (transformers' `_pad`); other keys pass through. */
+const PADDED_KEYS = ['input_ids', 'attention_mask', 'token_type_ids', 'special_tokens_mask'];
+
 /** A special token as configs spell it: a string, or an AddedToken object `{ content, ... }`. */
 function tokenContent(v: unknown): string | null {
   if (typeof v === 'string') return v;
@@ -95,7 +98,9 @@ function tokenContent(v: unknown): string | null {
 /** Integer ids from arrays, typed arrays or a 1-D (or [1, T]) int Tensor; negative or fractional ids are errors. */
 function idList(ids: ArrayLike<number | bigint> | Tensor | number, what: string): number[] {
   let values: ArrayLike<number | bigint>;
-  if (typeof ids === 'number') values = [ids];
+  if (typeof ids !== 'number' && typeof ids !== 'bigint' && !(ids instanceof Tensor) && !Array.isArray(ids) && !ArrayBuffer.isView(ids))
+    throw new PeftNodeError('ERR_INVALID_INPUT', `${what}: expected token ids (an array, a typed array or a Tensor), got ${repr(ids)}`);
+  if (typeof ids === 'number' || typeof ids === 'bigint') values = [ids];
   else if (ids instanceof Tensor) {
     if (ids.dims.length > 2 || (ids.dims.length === 2 && ids.dims[0] !== 1))
       throw new PeftNodeError('ERR_INVALID_INPUT', `${what}: expected one sequence of ids, got a tensor of dims [${ids.dims}]`);
@@ -133,7 +138,7 @@ function toTensor(rows: number[][] | number[], key: string): Tensor {
   }
   for (const v of (rows as unknown[]).flat())
     if (!Number.isInteger(v))
-      throw new PeftNodeError('ERR_INVALID_INPUT', `Unable to create an int64 tensor for '${key}': found ${JSON.stringify(v)}`);
+      throw new PeftNodeError('ERR_INVALID_INPUT', `Unable to create an int64 tensor for '${key}': found ${repr(v)}`);
   if (rows.length === 0) return new Tensor('int64', new BigInt64Array(0), [0, 0]);
   return Tensor.from(rows, 'int64');
 }
@@ -212,7 +217,7 @@ export class PreTrainedTokenizer extends Callable {
   private side(v: unknown, name: string): Side {
     if (v === undefined || v === null) return 'right';
     if (v === 'left' || v === 'right') return v;
-    throw new PeftNodeError('ERR_CONFIG', `${name} must be "left" or "right", got ${JSON.stringify(v)}`);
+    throw new PeftNodeError('ERR_CONFIG', `${name} must be "left" or "right", got ${repr(v)}`);
   }
 
   private specialId(key: SpecialTokenKey): number | null {
@@ -267,6 +272,7 @@ export class PreTrainedTokenizer extends Callable {
 
   /** Tokenizes text(s) → `{ input_ids, attention_mask }`; see {@link TokenizerCallOptions}. */
   __call__(text: string | string[], options: TokenizerCallOptions = {}): BatchEncoding<number[] | number[][] | Tensor> {
+    options = options ?? {};
     const batched = Array.isArray(text);
     const texts: unknown[] = batched ? text : [text];
     for (const t of texts)
@@ -332,6 +338,25 @@ export class PreTrainedTokenizer extends Callable {
    * post-processor's special tokens fit, as the Rust tokenizer does.
    */
   private encodeOne(text: string, add_special_tokens: boolean, max_length: number | null): number[] {
+    return this.pipeline('encoding', () => this.encodeOneUnchecked(text, add_special_tokens, max_length));
+  }
+
+  /**
+   * Runs a call into the tokenizers pipeline. tokenizers.js builds its steps from tokenizer.json lazily, so a broken
+   * file can fail at the first text that reaches a step: that is the file's fault (ERR_CONFIG naming it), not a
+   * TypeError for the caller.
+   */
+  private pipeline<T>(what: string, fn: () => T): T {
+    try {
+      return fn();
+    } catch (err) {
+      if (err instanceof PeftNodeError) throw err;
+      const from = this.name_or_path ? ` of ${this.name_or_path}` : '';
+      throw new PeftNodeError('ERR_CONFIG', `tokenizer.json${from} describes a pipeline that fails while ${what}: ${(err as Error)?.message ?? String(err)}`, { cause: err });
+    }
+  }
+
+  private encodeOneUnchecked(text: string, add_special_tokens: boolean, max_length: number | null): number[] {
     if (max_length === null) return this.backend.encode(text, { add_special_tokens }).ids;
     const content = this.backend.tokenize(text, { add_special_tokens: false });
     const pp = this.backend.post_processor;
@@ -358,8 +383,9 @@ export class PreTrainedTokenizer extends Callable {
     side?: Side,
   ): Record<string, number[][]> {
     const ids = rows.input_ids;
-    let target = strategy === 'longest' ? Math.max(0, ...ids.map((r) => r.length)) : max_length!;
+    let target = strategy === 'longest' ? ids.reduce((m, r) => Math.max(m, r.length), 0) : max_length!;
     if (multiple !== null && target % multiple !== 0) target = (Math.floor(target / multiple) + 1) * multiple;
+    if (target > 2 ** 32) throw new PeftNodeError('ERR_INVALID_INPUT', `cannot pad to ${target} tokens (max_length too large)`);
     const padSide = side ?? this.padding_side;
     const padValues: Record<string, number> = {
       input_ids: this.pad_token_id!,
@@ -391,10 +417,11 @@ export class PreTrainedTokenizer extends Callable {
   pad(features: EncodedExample, options: PadOptions & { return_tensors: 'pt' }): PaddedBatch<Tensor>;
   pad(features: EncodedExample, options?: PadOptions & { return_tensors?: null }): PaddedBatch<number[]>;
   pad(features: EncodedExample[] | Record<string, unknown>, options: PadOptions = {}): PaddedBatch<number[][] | number[] | Tensor> {
+    options = options ?? {};
     let columns: Record<string, unknown[]>;
     if (Array.isArray(features)) {
-      if (features.length === 0 || typeof features[0] !== 'object' || features[0] === null)
-        throw new PeftNodeError('ERR_INVALID_INPUT', 'pad: expected a non-empty list of examples that include input_ids');
+      if (features.length === 0 || features.some((f) => typeof f !== 'object' || f === null))
+        throw new PeftNodeError('ERR_INVALID_INPUT', 'pad: expected a non-empty list of examples (objects) that include input_ids');
       const keys = Object.keys(features[0]);
       columns = Object.fromEntries(keys.map((k) => [k, features.map((f) => f[k])]));
     } else columns = { ...(features as Record<string, unknown[]>) };
@@ -410,6 +437,15 @@ export class PreTrainedTokenizer extends Callable {
       const list = single ? [v] : v;
       const isList = (r: unknown): boolean => Array.isArray(r) || typedArrayKind(r) !== undefined;
       rows[k] = list.map((r) => (isList(r) ? Array.from(r as ArrayLike<number | bigint>, Number) : (r as number[])));
+    }
+    // The padded keys must be one list per example (a dataset row with input_ids: null would otherwise be a TypeError).
+    for (const k of PADDED_KEYS) {
+      if (!rows[k]) continue;
+      if (rows[k].length !== rows.input_ids.length)
+        throw new PeftNodeError('ERR_INVALID_INPUT', `pad: '${k}' has ${rows[k].length} rows but input_ids has ${rows.input_ids.length}`);
+      rows[k].forEach((r, i) => {
+        if (!Array.isArray(r)) throw new PeftNodeError('ERR_INVALID_INPUT', `pad: example ${i} has no '${k}' list (got ${repr(r)})`);
+      });
     }
     const multiple = options.pad_to_multiple_of ?? null;
     const { padding, max_length } = this.strategies(options.padding ?? true, undefined, options.max_length ?? null, multiple);
@@ -430,7 +466,7 @@ export class PreTrainedTokenizer extends Callable {
 
   /** The tokens of a text, without special tokens (`tokenizer.tokenize(text)`). */
   tokenize(text: string): string[] {
-    return this.backend.tokenize(text, { add_special_tokens: false });
+    return this.pipeline('tokenizing', () => this.backend.tokenize(text, { add_special_tokens: false }));
   }
 
   /** Token strings of ids; an id outside the vocabulary gives null. */
@@ -438,16 +474,18 @@ export class PreTrainedTokenizer extends Callable {
   convert_ids_to_tokens(ids: number[]): (string | null)[];
   convert_ids_to_tokens(ids: number | number[]): string | null | (string | null)[] {
     const one = (id: number): string | null => this.backend.id_to_token(id) ?? null;
-    return typeof ids === 'number' ? one(ids) : ids.map(one);
+    return this.pipeline('looking up ids', () => (typeof ids === 'number' ? one(ids) : ids.map(one)));
   }
 
   /** Ids of token strings; an unknown token gives `unk_token_id` (null if there is none). */
   convert_tokens_to_ids(tokens: string): number | null;
   convert_tokens_to_ids(tokens: string[]): (number | null)[];
   convert_tokens_to_ids(tokens: string | string[]): number | null | (number | null)[] {
-    const unk = this.unk_token === null ? undefined : this.backend.token_to_id(this.unk_token);
-    const one = (t: string): number | null => this.backend.token_to_id(t) ?? unk ?? null;
-    return typeof tokens === 'string' ? one(tokens) : tokens.map(one);
+    return this.pipeline('looking up tokens', () => {
+      const unk = this.unk_token === null ? undefined : this.backend.token_to_id(this.unk_token);
+      const one = (t: string): number | null => this.backend.token_to_id(t) ?? unk ?? null;
+      return typeof tokens === 'string' ? one(tokens) : tokens.map(one);
+    });
   }
 
   /**
@@ -455,11 +493,15 @@ export class PreTrainedTokenizer extends Callable {
    * vocabulary are skipped; negative ids (e.g. -100 label padding) are an error.
    */
   decode(token_ids: ArrayLike<number | bigint> | Tensor | number, options: DecodeOptions = {}): string {
-    const ids = idList(token_ids, 'decode').filter((id) => this.backend.id_to_token(id) !== undefined);
-    if (ids.length === 0) return ''; // tokenizers.js rejects an empty list
-    return this.backend.decode(ids, {
-      skip_special_tokens: options.skip_special_tokens ?? false,
-      clean_up_tokenization_spaces: options.clean_up_tokenization_spaces ?? this.clean_up_tokenization_spaces,
+    options = options ?? {};
+    const list = idList(token_ids, 'decode');
+    return this.pipeline('decoding', () => {
+      const ids = list.filter((id) => this.backend.id_to_token(id) !== undefined);
+      if (ids.length === 0) return ''; // tokenizers.js rejects an empty list
+      return this.backend.decode(ids, {
+        skip_special_tokens: options.skip_special_tokens ?? false,
+        clean_up_tokenization_spaces: options.clean_up_tokenization_spaces ?? this.clean_up_tokenization_spaces,
+      });
     });
   }
 

@@ -5,13 +5,13 @@
  * written to a temporary directory and renamed into place: a crash never leaves a half checkpoint.
  */
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
+import { isPlainObject, parseJson } from '../data/json';
 import { PeftNodeError } from '../errors';
 import { PeftModelForCausalLM } from '../peft/peft_model';
 import { PrefixEncoder } from '../peft/prefix_encoder';
 import { Tensor } from '../tensor';
-import { writeDirAtomic } from '../utils/fs_atomic';
+import { writeDirAtomic, writeFileAtomic } from '../utils/fs_atomic';
 import { readSafetensors, serializeSafetensors } from '../utils/safetensors';
 import { loss_svg } from './loss_plot';
 import { TrainingArguments } from './training_args';
@@ -44,10 +44,42 @@ export function latest_checkpoint(output_dir: string): string | undefined {
   return list_checkpoints(output_dir).at(-1);
 }
 
-/** HF's _rotate_checkpoints: delete the oldest checkpoints beyond `limit`. */
+/**
+ * HF's _rotate_checkpoints: delete the oldest checkpoints beyond `limit`. Each is first renamed to a temporary
+ * (dot) name, atomically, so a process killed while deleting never leaves a half-deleted directory that still looks
+ * like a complete checkpoint.
+ */
 export function rotate_checkpoints(output_dir: string, limit: number): void {
   const all = list_checkpoints(output_dir);
-  for (const dir of all.slice(0, Math.max(0, all.length - limit))) fs.rmSync(dir, { recursive: true, force: true });
+  for (const dir of all.slice(0, Math.max(0, all.length - limit))) {
+    const doomed = path.join(output_dir, `.${path.basename(dir)}.tmp-${process.pid}-${Date.now()}-deleted`);
+    fs.renameSync(dir, doomed);
+    fs.rmSync(doomed, { recursive: true, force: true });
+  }
+}
+
+/** `.<name>.tmp-<pid>-…` entries of `output_dir` left by processes that died while writing or deleting. */
+export function clean_stale_temporaries(output_dir: string): void {
+  let names: string[];
+  try {
+    names = fs.readdirSync(output_dir);
+  } catch {
+    return;
+  }
+  for (const n of names) {
+    const pid = /^\..+\.tmp-(\d+)-/.exec(n)?.[1];
+    if (pid === undefined || Number(pid) === process.pid || isAlive(Number(pid))) continue;
+    fs.rmSync(path.join(output_dir, n), { recursive: true, force: true });
+  }
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM'; // exists, owned by someone else
+  }
 }
 
 export async function save_checkpoint(opts: {
@@ -74,7 +106,10 @@ export async function save_checkpoint(opts: {
     if (opt.exp_avg[i]) optTensors.push([`exp_avg.${n}`, new Tensor('float32', opt.exp_avg[i]!, shape)]);
     if (opt.exp_avg_sq[i]) optTensors.push([`exp_avg_sq.${n}`, new Tensor('float32', opt.exp_avg_sq[i]!, shape)]);
   });
-  const adapterTmp = fs.mkdtempSync(path.join(os.tmpdir(), 'peft-node-adapter-'));
+  // Temporaries live in output_dir under names clean_stale_temporaries recognises, so a killed save leaks nothing.
+  fs.mkdirSync(opts.output_dir, { recursive: true });
+  clean_stale_temporaries(opts.output_dir);
+  const adapterTmp = path.join(opts.output_dir, `.adapter.tmp-${process.pid}-${Date.now()}`);
   try {
     await opts.model.save_pretrained(adapterTmp);
     await opts.tokenizer?.save_pretrained?.(adapterTmp); // tokenizer files beside the adapter, as HF's checkpoints
@@ -90,7 +125,7 @@ export async function save_checkpoint(opts: {
   } finally {
     fs.rmSync(adapterTmp, { recursive: true, force: true });
   }
-  fs.writeFileSync(path.join(opts.output_dir, 'loss.svg'), loss_svg(state.log_history));
+  writeFileAtomic(path.join(opts.output_dir, 'loss.svg'), loss_svg(state.log_history));
   return dir;
 }
 
@@ -109,15 +144,43 @@ export async function load_checkpoint(dir: string, encoder: PrefixEncoder): Prom
     if (t.dims.join() !== shape.join()) throw new PeftNodeError('ERR_SHAPE_MISMATCH', `${path.join(dir, TRAINABLE)}: '${n}' has shape [${t.dims}], the model expects [${shape}]`);
     await encoder.set_parameter(n, t);
   }
-  const opt = readSafetensors(need(OPTIMIZER));
+  const optFile = need(OPTIMIZER);
+  const opt = readSafetensors(optFile);
   const steps = names.map(([n]) => opt.metadata[`step.${n}`]);
+  for (const [i, st] of steps.entries())
+    if (st !== undefined && !(/^\d{1,15}$/.test(st) && Number.isSafeInteger(Number(st))))
+      throw new PeftNodeError('ERR_CONFIG', `${optFile}: metadata 'step.${names[i][0]}' must be a non-negative integer, got ${JSON.stringify(st)}`);
   if (steps.every((s) => s !== undefined))
     await encoder.set_optimizer_state({
       step: steps.map(Number),
       exp_avg: names.map(([n]) => (opt.tensors.get(`exp_avg.${n}`)?.data as Float32Array) ?? null),
       exp_avg_sq: names.map(([n]) => (opt.tensors.get(`exp_avg_sq.${n}`)?.data as Float32Array) ?? null),
     });
-  const raw = JSON.parse(fs.readFileSync(need(RESUME), 'utf8')) as ResumeState & { tr_loss_bits?: string };
-  const tr_loss = raw.tr_loss_bits ? new Float32Array(new Uint8Array(Buffer.from(raw.tr_loss_bits, 'hex')).buffer)[0] : raw.tr_loss;
-  return { state, resume: { tr_loss, total_loss_scalar: raw.total_loss_scalar, globalstep_last_logged: raw.globalstep_last_logged, current_flos: raw.current_flos } };
+  return { state, resume: read_resume_state(need(RESUME), state.global_step) };
+}
+
+/** resume_state.json, validated: a corrupt file is ERR_JSON / ERR_CONFIG naming it, never a SyntaxError or garbage state. */
+function read_resume_state(file: string, global_step: number): ResumeState {
+  const raw = parseJson(fs.readFileSync(file, 'utf8'), file);
+  const bad = (what: string) => new PeftNodeError('ERR_CONFIG', `${file}: ${what}`);
+  if (!isPlainObject(raw)) throw bad('expected a JSON object');
+  // JSON.stringify writes NaN and ±inf as null: a null loss accumulator stands for a non-finite one.
+  const num = (k: string): number => {
+    const v = raw[k];
+    if (v === null) return NaN;
+    if (typeof v !== 'number') throw bad(`'${k}' must be a number, got ${JSON.stringify(v)}`);
+    return v;
+  };
+  let tr_loss: number;
+  if (raw.tr_loss_bits !== undefined) {
+    if (typeof raw.tr_loss_bits !== 'string' || !/^[0-9a-fA-F]{8}$/.test(raw.tr_loss_bits))
+      throw bad(`'tr_loss_bits' must be 8 hex digits (a float32), got ${JSON.stringify(raw.tr_loss_bits)}`);
+    tr_loss = new Float32Array(new Uint8Array(Buffer.from(raw.tr_loss_bits, 'hex')).buffer)[0];
+  } else tr_loss = num('tr_loss');
+  const last = raw.globalstep_last_logged;
+  if (!Number.isSafeInteger(last) || (last as number) < 0 || (last as number) > global_step)
+    throw bad(`'globalstep_last_logged' must be an integer in [0, global_step = ${global_step}], got ${JSON.stringify(last)}`);
+  const current_flos = num('current_flos');
+  if (!(current_flos >= 0) || !Number.isFinite(current_flos)) throw bad(`'current_flos' must be a finite number >= 0, got ${JSON.stringify(raw.current_flos)}`);
+  return { tr_loss, total_loss_scalar: num('total_loss_scalar'), globalstep_last_logged: last as number, current_flos };
 }

@@ -2,13 +2,19 @@
 import type { LogEntry } from './trainer_state';
 
 export function loss_svg(log_history: LogEntry[], title = 'training loss'): string {
-  const train = log_history.filter((e) => Number.isFinite(e.loss)).map((e) => [e.step, e.loss] as const);
-  const evalPts = log_history.filter((e) => Number.isFinite(e.eval_loss)).map((e) => [e.step, e.eval_loss] as const);
+  const train = decimate(log_history.filter((e) => Number.isFinite(e.loss)).map((e) => [e.step, e.loss] as const));
+  const evalPts = decimate(log_history.filter((e) => Number.isFinite(e.eval_loss)).map((e) => [e.step, e.eval_loss] as const));
   const all = [...train, ...evalPts];
   const W = 640, H = 360, L = 60, R = 20, T = 36, B = 44;
-  const xs = all.map(([x]) => x), ys = all.map(([, y]) => y);
-  const x0 = Math.min(0, ...xs), x1 = Math.max(1, ...xs);
-  let y0 = ys.length ? Math.min(...ys) : 0, y1 = ys.length ? Math.max(...ys) : 1;
+  // Loops, not Math.min(...xs): spreading a long run's log (> ~125k entries) overflows the call stack.
+  let x0 = 0, x1 = 1, y0 = Infinity, y1 = -Infinity;
+  for (const [x, y] of all) {
+    x0 = Math.min(x0, x);
+    x1 = Math.max(x1, x);
+    y0 = Math.min(y0, y);
+    y1 = Math.max(y1, y);
+  }
+  if (all.length === 0) [y0, y1] = [0, 1];
   if (y1 - y0 < 1e-9) { y0 -= 0.5; y1 += 0.5; }
   const px = (x: number) => L + ((x - x0) / (x1 - x0)) * (W - L - R);
   const py = (y: number) => T + (1 - (y - y0) / (y1 - y0)) * (H - T - B);
@@ -32,4 +38,13 @@ ${line(train, '#1f77b4')}${line(evalPts, '#d62728')}
 ${evalPts.length ? `<text x="${W - R}" y="${T - 6}" text-anchor="end" font-size="11"><tspan fill="#1f77b4">train</tspan> / <tspan fill="#d62728">eval</tspan></text>` : ''}
 </svg>
 `;
+}
+
+/** At most `max` points (every k-th, the last kept): a long run's curve stays a small file, quick to write. */
+function decimate<T>(pts: T[], max = 2000): T[] {
+  if (pts.length <= max) return pts;
+  const k = Math.ceil(pts.length / max);
+  const out = pts.filter((_, i) => i % k === 0);
+  if ((pts.length - 1) % k !== 0) out.push(pts[pts.length - 1]);
+  return out;
 }

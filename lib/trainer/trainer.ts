@@ -37,6 +37,14 @@ export interface TrainerOptions {
   /** Deprecated alias of processing_class, as in transformers. */
   tokenizer?: { save_pretrained?(dir: string): unknown };
   callbacks?: TrainerCallback[];
+  /**
+   * Stop with ERR_NONFINITE_LOSS after this many consecutive optimizer steps whose loss (any micro-batch) or gradient
+   * norm is NaN/±inf (default 10; `null` never stops). Not an HF option: HF keeps going, filtering such losses from
+   * the logs (`logging_nan_inf_filter`), and saves checkpoints of NaN weights. peft-node filters the logs the same way
+   * and never writes a checkpoint whose prefix is not finite (it warns and skips that save), so the last checkpoint
+   * on disk is the last good one to resume from.
+   */
+  max_consecutive_nonfinite_steps?: number | null;
 }
 
 export interface TrainOptions {
@@ -104,6 +112,7 @@ export class Trainer {
   readonly data_collator: (features: Record<string, unknown>[]) => Batch;
   readonly processing_class?: { save_pretrained?(dir: string): unknown };
   readonly callbacks: TrainerCallback[];
+  readonly max_consecutive_nonfinite_steps: number | null;
   state = new TrainerState();
 
   constructor(options: TrainerOptions) {
@@ -121,6 +130,10 @@ export class Trainer {
     this.processing_class = options.processing_class ?? options.tokenizer ?? collatorTokenizer;
     const reporting = this.args.disable_tqdm || !process.stderr.isTTY ? new PrinterCallback() : new ProgressCallback();
     this.callbacks = [reporting, ...(options.callbacks ?? [])];
+    const limit = options.max_consecutive_nonfinite_steps === undefined ? 10 : options.max_consecutive_nonfinite_steps;
+    if (limit !== null && !(Number.isSafeInteger(limit) && limit > 0))
+      throw new PeftNodeError('ERR_INVALID_INPUT', `Trainer: max_consecutive_nonfinite_steps must be a positive integer or null, got ${limit}`);
+    this.max_consecutive_nonfinite_steps = limit;
     set_seed(this.args.seed); // transformers' Trainer seeds in __init__
   }
 
@@ -132,6 +145,8 @@ export class Trainer {
   }
 
   private prepareRow(row: Record<string, unknown>): Record<string, unknown> {
+    if (typeof row !== 'object' || row === null || Array.isArray(row))
+      throw new PeftNodeError('ERR_INVALID_INPUT', `training rows must be objects like { input_ids, attention_mask, labels }, got ${row === null ? 'null' : Array.isArray(row) ? 'an array' : typeof row}`);
     if (!this.args.remove_unused_columns) return row;
     const kept: Record<string, unknown> = {};
     for (const [k, v] of Object.entries(row)) if (MODEL_INPUTS.has(k)) kept[k] = v;
@@ -156,6 +171,9 @@ export class Trainer {
     const args = this.args;
     const ds = this.train_dataset;
     if (!ds) throw new PeftNodeError('ERR_INVALID_INPUT', 'Trainer.train() needs a train_dataset');
+    const isDataset = typeof ds === 'object' && !Array.isArray(ds) && typeof (ds as { at?: unknown }).at === 'function' && Number.isSafeInteger((ds as { num_rows?: unknown }).num_rows);
+    if (!Array.isArray(ds) && !isDataset)
+      throw new PeftNodeError('ERR_INVALID_INPUT', 'train_dataset must be a Dataset (num_rows + at(i)) or an array of rows');
     const N = datasetLength(ds);
     const bs = args.per_device_train_batch_size, GA = args.gradient_accumulation_steps;
     const lenDataloader = args.dataloader_drop_last ? Math.floor(N / bs) : Math.ceil(N / bs);
@@ -217,6 +235,8 @@ export class Trainer {
     let interrupted = false;
     let gradNorm: number | undefined;
     let learningRate: number | undefined;
+    let nonFiniteStreak = 0; // consecutive optimizer steps with a NaN/inf loss or gradient norm
+    let stepNonFinite = false;
     await this.emit('on_train_begin');
     try {
       outer: for (let epoch = epochsTrained; epoch < numEpochs; epoch++) {
@@ -240,6 +260,7 @@ export class Trainer {
             const doSync = (step + 1) % GA === 0 || step + 1 === stepsInEpoch;
             const out = await this.runBatch(batch, numItems && numItems > 0 ? numItems : undefined, true);
             const loss = out.loss ?? NaN;
+            if (!Number.isFinite(loss)) stepNonFinite = true;
             if (args.logging_nan_inf_filter && !Number.isFinite(loss)) trLoss = Math.fround(trLoss + Math.fround(trLoss / (1 + state.global_step - lastLogged)));
             else trLoss = Math.fround(trLoss + loss);
             currentFlos += 6 * numelOf(batch.input_ids) * flopParams;
@@ -254,6 +275,9 @@ export class Trainer {
             });
             state.global_step += 1;
             state.epoch = epoch + (step + 1) / stepsInEpoch;
+            if (!Number.isFinite(gradNorm)) stepNonFinite = true;
+            nonFiniteStreak = stepNonFinite ? nonFiniteStreak + 1 : 0;
+            stepNonFinite = false;
             await this.emit('on_step_end');
             // DefaultFlowCallback's decisions.
             const gs = state.global_step;
@@ -279,6 +303,8 @@ export class Trainer {
               await this.log(logs);
             }
             if (shouldEval && this.eval_dataset) await this.evaluate();
+            const limit = this.max_consecutive_nonfinite_steps;
+            if (limit !== null && nonFiniteStreak >= limit) throw await this.nonFiniteError(encoder, nonFiniteStreak);
             if (shouldSave) await this.saveCheckpoint(encoder, { tr_loss: trLoss, total_loss_scalar: totalLossScalar, globalstep_last_logged: lastLogged, current_flos: currentFlos });
             if (stop || interrupted) break outer;
           }
@@ -357,7 +383,38 @@ export class Trainer {
     return metrics;
   }
 
+  /** Whether every trainable parameter is finite (a NaN gradient step poisons them all). */
+  private async parametersFinite(encoder: PrefixEncoder): Promise<boolean> {
+    for (const [name] of encoder.parameter_shapes()) {
+      const data = (await encoder.get_parameter(name)).data as Float32Array;
+      for (let i = 0; i < data.length; i++) if (!Number.isFinite(data[i])) return false;
+    }
+    return true;
+  }
+
+  private async nonFiniteError(encoder: PrefixEncoder, streak: number): Promise<PeftNodeError> {
+    const gs = this.state.global_step;
+    const last = latest_checkpoint(this.args.output_dir);
+    const finite = await this.parametersFinite(encoder);
+    return new PeftNodeError(
+      'ERR_NONFINITE_LOSS',
+      `training stopped at step ${gs}: the loss or the gradient norm was NaN/inf for ${streak} consecutive optimizer steps ` +
+        `(steps ${gs - streak + 1}-${gs}); the prefix parameters are ${finite ? 'still finite' : 'no longer finite'}. ` +
+        (last ? `The last good checkpoint is ${last}: resume from it with train({ resume_from_checkpoint: '${last}' }) ` : 'No checkpoint was saved yet; restart ') +
+        'with a lower learning_rate, or check the data (rows whose labels are all -100 give a NaN loss, as in HF). ' +
+        'Trainer option max_consecutive_nonfinite_steps sets the limit (null: never stop).',
+    );
+  }
+
   private async saveCheckpoint(encoder: PrefixEncoder, resume: ResumeState): Promise<void> {
+    if (!(await this.parametersFinite(encoder))) {
+      // HF would save NaN weights; a checkpoint you cannot resume from would only push a good one out (rotation).
+      process.emitWarning(
+        `not saving checkpoint-${this.state.global_step}: the prefix parameters are NaN/inf (the last good checkpoint is kept)`,
+        'PeftNodeWarning',
+      );
+      return;
+    }
     const dir = await save_checkpoint({
       output_dir: this.args.output_dir,
       model: this.model,

@@ -1,7 +1,8 @@
 /** TrainerState: trainer_state.json in HF's schema, plus what exact resumption needs. */
 import * as fs from 'node:fs';
 import { PeftNodeError } from '../errors';
-import { pythonJsonDumps } from '../utils/python_json';
+import { isPlainObject } from '../data/json';
+import { parsePythonJson, pythonJsonDumps } from '../utils/python_json';
 
 export type LogEntry = Record<string, number>;
 
@@ -38,18 +39,67 @@ export class TrainerState {
     return pythonJsonDumps(fields, { indent: 2, sort_keys: true, float_keys: FLOAT_KEYS }) + '\n';
   }
 
+  /**
+   * Reads trainer_state.json (HF's or ours; Python's NaN/Infinity literals included). Values the Trainer uses are
+   * validated: a corrupt file is ERR_JSON / ERR_CONFIG naming the file and the field, never a TypeError, a string
+   * step counter ("1" + 1 = "11") or a negative step that would loop for ages.
+   */
   static from_json_file(file: string): TrainerState {
-    let raw: Record<string, unknown>;
+    let text: string;
     try {
-      raw = JSON.parse(fs.readFileSync(file, 'utf8'));
+      text = fs.readFileSync(file, 'utf8');
     } catch (err) {
-      throw new PeftNodeError('ERR_JSON', `cannot read ${file}: ${(err as Error).message}`);
+      throw new PeftNodeError('ERR_IO', `cannot read ${file}: ${(err as Error).message}`, { cause: err });
     }
+    const raw = parsePythonJson(text, file);
+    if (!isPlainObject(raw)) throw new PeftNodeError('ERR_CONFIG', `${file}: expected a JSON object`);
     const s = new TrainerState();
-    for (const k of Object.keys(s) as (keyof TrainerState)[]) if (k in raw) (s as unknown as Record<string, unknown>)[k] = raw[k];
+    const fields = s as unknown as Record<string, unknown>;
+    for (const k of Object.keys(s)) {
+      if (!(k in raw)) continue;
+      const v = raw[k];
+      const check = CHECKS[k];
+      if (check && !check(v))
+        throw new PeftNodeError('ERR_CONFIG', `${file}: '${k}' must be ${WANT[k]}, got ${String(JSON.stringify(v)).slice(0, 80)}`);
+      fields[k] = v;
+    }
     return s;
   }
 }
+
+const count = (v: unknown) => Number.isSafeInteger(v) && (v as number) >= 0;
+const finite = (v: unknown) => typeof v === 'number' && Number.isFinite(v);
+const nonNegative = (v: unknown) => finite(v) && (v as number) >= 0;
+const CHECKS: Record<string, (v: unknown) => boolean> = {
+  epoch: (v) => v === null || nonNegative(v),
+  global_step: count,
+  max_steps: finite,
+  logging_steps: nonNegative,
+  eval_steps: nonNegative,
+  save_steps: nonNegative,
+  train_batch_size: (v) => v === null || count(v),
+  num_train_epochs: nonNegative,
+  num_input_tokens_seen: nonNegative,
+  total_flos: nonNegative,
+  log_history: (v) => Array.isArray(v) && v.every((e) => isPlainObject(e) && Object.values(e).every((x) => typeof x === 'number' || x === null)),
+  best_metric: (v) => v === null || typeof v === 'number',
+  best_global_step: (v) => v === null || count(v),
+  best_model_checkpoint: (v) => v === null || typeof v === 'string',
+  is_local_process_zero: (v) => typeof v === 'boolean',
+  is_world_process_zero: (v) => typeof v === 'boolean',
+  is_hyper_param_search: (v) => typeof v === 'boolean',
+  trial_name: (v) => v === null || typeof v === 'string',
+  trial_params: (v) => v === null || isPlainObject(v),
+  stateful_callbacks: isPlainObject,
+};
+const WANT: Record<string, string> = {
+  epoch: 'null or a number >= 0', global_step: 'an integer >= 0', max_steps: 'a number', logging_steps: 'a number >= 0',
+  eval_steps: 'a number >= 0', save_steps: 'a number >= 0', train_batch_size: 'null or an integer >= 0',
+  num_train_epochs: 'a number >= 0', num_input_tokens_seen: 'a number >= 0', total_flos: 'a number >= 0',
+  log_history: 'an array of objects of numbers', best_metric: 'null or a number', best_global_step: 'null or an integer >= 0',
+  best_model_checkpoint: 'null or a string', is_local_process_zero: 'a boolean', is_world_process_zero: 'a boolean',
+  is_hyper_param_search: 'a boolean', trial_name: 'null or a string', trial_params: 'null or an object', stateful_callbacks: 'an object',
+};
 
 // Values that are floats in Python even when integral (so 1 prints as 1.0, as HF's file has it).
 const FLOAT_KEYS = new Set(['epoch', 'loss', 'grad_norm', 'learning_rate', 'total_flos', 'train_loss', 'train_runtime', 'train_samples_per_second', 'train_steps_per_second', 'eval_loss', 'eval_runtime', 'eval_samples_per_second', 'eval_steps_per_second']);

@@ -2,7 +2,7 @@
  * TrainingArguments: HF transformers 5.17's names and defaults for what peft-node's Trainer does. An unknown option
  * or an invalid value is an error naming it.
  */
-import { PeftNodeError } from '../errors';
+import { PeftNodeError, repr } from '../errors';
 
 export type IntervalStrategy = 'no' | 'steps' | 'epoch';
 export type SchedulerType = 'linear' | 'cosine' | 'constant' | 'constant_with_warmup';
@@ -44,7 +44,7 @@ export interface TrainingArgumentsOptions {
   /** Seed of the sample order (defaults to `seed`). */
   data_seed: number | null;
   dataloader_drop_last: boolean;
-  /** No progress bar: plain log lines instead (also the behaviour when stdout is not a TTY). */
+  /** No progress bar: plain log lines instead (also the behaviour when stderr, where the bar is drawn, is not a TTY). */
   disable_tqdm: boolean;
   /** Integrations to report to; peft-node has none, so only "none" / [] are accepted. */
   report_to: string | string[];
@@ -97,7 +97,7 @@ export const TRAINING_ARGS_DEFAULTS: TrainingArgumentsOptions = {
 const NAMES = Object.keys(TRAINING_ARGS_DEFAULTS) as (keyof TrainingArgumentsOptions)[];
 
 function bad(name: string, why: string, value: unknown): PeftNodeError {
-  return new PeftNodeError('ERR_CONFIG', `TrainingArguments: ${name} ${why}, got ${JSON.stringify(value)}`);
+  return new PeftNodeError('ERR_CONFIG', `TrainingArguments: ${name} ${why}, got ${repr(value)}`);
 }
 
 export interface TrainingArguments extends TrainingArgumentsOptions {}

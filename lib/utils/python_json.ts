@@ -1,13 +1,17 @@
 /**
  * `json.dumps(obj, indent=…, sort_keys=…)` as Python writes it (ensure_ascii on), so files PEFT reads and writes
  * (adapter_config.json) come out byte-identical. Supports what such files hold: null, booleans, integers, finite
- * floats in Python's repr, strings, arrays and plain objects.
+ * floats in Python's repr (NaN and ±Infinity as Python writes them), strings, arrays and plain objects;
+ * {@link parsePythonJson} reads such text back.
  */
+import { MAX_JSON_DEPTH, nestingTooDeep, parseJson } from '../data/json';
 import { PeftNodeError } from '../errors';
 
 /** Python's float repr: shortest round-trip digits, exponent form outside [1e-4, 1e16), always a '.0' or exponent. */
 function pythonFloat(x: number): string {
-  if (!Number.isFinite(x)) throw new PeftNodeError('ERR_INVALID_INPUT', `cannot write ${x} as JSON`);
+  // json.dumps' default allow_nan=True: HF's trainer_state.json holds NaN when a grad_norm or unfiltered loss was NaN.
+  if (Number.isNaN(x)) return 'NaN';
+  if (!Number.isFinite(x)) return x > 0 ? 'Infinity' : '-Infinity';
   if (Number.isInteger(x) && Math.abs(x) < 1e16) return x.toFixed(1);
   const abs = Math.abs(x);
   if (abs >= 1e-4 && abs < 1e16) return String(x);
@@ -56,4 +60,50 @@ export function pythonJsonDumps(value: unknown, options: PythonJsonOptions = {})
     throw new PeftNodeError('ERR_INVALID_INPUT', `cannot write a ${typeof v} as JSON`);
   };
   return write(value, 0);
+}
+
+const NON_FINITE: Record<string, number> = { '\u0000NaN': NaN, '\u0000Infinity': Infinity, '\u0000-Infinity': -Infinity };
+
+/**
+ * `json.loads` for files Python's json wrote: standard JSON plus the bare `NaN`, `Infinity` and `-Infinity` that
+ * `json.dumps` emits for non-finite floats. Invalid text throws ERR_JSON naming `file`, line and column.
+ */
+export function parsePythonJson(text: string, file: string): unknown {
+  let first: unknown;
+  try {
+    return parseJson(text, file); // also refuses nesting deeper than MAX_JSON_DEPTH
+  } catch (err) {
+    first = err;
+  }
+  if (!/NaN|Infinity/.test(text)) throw first;
+  let out = '';
+  let changed = false;
+  for (let i = 0; i < text.length; ) {
+    const c = text[i];
+    if (c === '"') {
+      let j = i + 1;
+      while (j < text.length && text[j] !== '"') j += text[j] === '\\' ? 2 : 1;
+      out += text.slice(i, j + 1);
+      i = j + 1;
+      continue;
+    }
+    const lit = text.startsWith('NaN', i) ? 'NaN' : text.startsWith('-Infinity', i) ? '-Infinity' : text.startsWith('Infinity', i) ? 'Infinity' : null;
+    if (lit) {
+      out += JSON.stringify('\u0000' + lit);
+      i += lit.length;
+      changed = true;
+      continue;
+    }
+    out += c;
+    i++;
+  }
+  if (!changed) throw first;
+  let value: unknown;
+  try {
+    value = JSON.parse(out, (_k, v) => (typeof v === 'string' && v in NON_FINITE ? NON_FINITE[v] : v));
+  } catch {
+    throw first; // located on the original text
+  }
+  if (nestingTooDeep(out) >= 0) throw new PeftNodeError('ERR_JSON', `${file}: nesting deeper than ${MAX_JSON_DEPTH} levels`);
+  return value;
 }

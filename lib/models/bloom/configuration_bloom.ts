@@ -1,6 +1,7 @@
 /** BloomConfig: config.json as transformers reads it, with BLOOM's attribute aliases resolved. */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { parseJson } from '../../data/json';
 import { PeftNodeError } from '../../errors';
 
 export class BloomConfig {
@@ -57,12 +58,13 @@ export class BloomConfig {
   static from_pretrained(dir: string): BloomConfig {
     const file = path.join(dir, 'config.json');
     if (!fs.existsSync(file)) throw new PeftNodeError('ERR_FILE_NOT_FOUND', `config.json not found: ${file}`);
-    let raw: unknown;
+    let text: string;
     try {
-      raw = JSON.parse(fs.readFileSync(file, 'utf8'));
+      text = fs.readFileSync(file, 'utf8');
     } catch (err) {
-      throw new PeftNodeError('ERR_JSON', `${file} is not valid JSON: ${(err as Error).message}`);
+      throw new PeftNodeError('ERR_IO', `cannot read ${file}: ${(err as Error).message}`, { cause: err });
     }
+    const raw = parseJson(text, file); // ERR_JSON with line and column; refuses absurd nesting
     if (typeof raw !== 'object' || raw === null || Array.isArray(raw))
       throw new PeftNodeError('ERR_CONFIG', `${file} must hold a JSON object`);
     const modelType = (raw as Record<string, unknown>).model_type;

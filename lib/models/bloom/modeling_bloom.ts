@@ -3,9 +3,10 @@
  * weights are frozen; a prefix (PEFT prefix tuning's past_key_values) can be passed to `forward` and differentiated.
  */
 import '../../runtime/dispose_polyfill';
-import { PeftNodeError, nativeCall } from '../../errors';
+import { PeftNodeError, nativeCall, repr } from '../../errors';
 import { PrefixEncoder } from '../../peft/prefix_encoder';
 import { NativeBloomModel, NativeForwardInputs, native } from '../../runtime/native';
+import { check_allocation, dtype_bytes } from '../../runtime/memory';
 import { SerialQueue } from '../../runtime/serial_queue';
 import { IntMatrixLike, Tensor, isFloatArray, toIntMatrix, typedArrayKind } from '../../tensor';
 import { GenerationConfig } from '../../generation/configuration_utils';
@@ -90,6 +91,8 @@ export class BloomForCausalLM implements AsyncDisposable {
 
   /** Loads a BLOOM directory (config.json + safetensors). See AutoModelForCausalLM.from_pretrained for options. */
   static async from_pretrained(dir: string, options: FromPretrainedOptions = {}): Promise<BloomForCausalLM> {
+    if (typeof dir !== 'string') throw new PeftNodeError('ERR_INVALID_INPUT', `from_pretrained needs a directory path (a string), got ${repr(dir)}`);
+    options = options ?? {};
     const config = BloomConfig.from_pretrained(dir);
     const device = resolveDevice(options.device ?? 'cpu');
     const requested = options.dtype ?? options.torch_dtype ?? 'auto';
@@ -129,6 +132,9 @@ export class BloomForCausalLM implements AsyncDisposable {
    */
   async forward(inputs: CausalLMInputs, options: ForwardOptions = {}): Promise<CausalLMOutput> {
     this.check();
+    if (typeof inputs !== 'object' || inputs === null)
+      throw new PeftNodeError('ERR_INVALID_INPUT', `forward() needs an inputs object { input_ids, attention_mask?, labels? }, got ${repr(inputs)}`);
+    options = options ?? {};
     const ids = toIntMatrix(inputs.input_ids, 'input_ids');
     const [B, T] = ids.dims;
     const nativeInputs: NativeForwardInputs = { inputIds: ids.data, batch: B, seqLen: T };
@@ -151,6 +157,8 @@ export class BloomForCausalLM implements AsyncDisposable {
     }
     if (options.backward && inputs.labels === undefined)
       throw new PeftNodeError('ERR_INVALID_INPUT', 'backward needs labels (there is no loss to differentiate)');
+    if (options.backward && options.prefix === undefined && options.encoder === undefined)
+      throw new PeftNodeError('ERR_INVALID_INPUT', "backward needs a prefix or a PEFT model: the base model's weights are frozen (nothing would get a gradient)");
 
     let prefix: Float32Array | Float64Array | undefined;
     let prefixDims: number[] | undefined;
@@ -170,6 +178,17 @@ export class BloomForCausalLM implements AsyncDisposable {
       prefixDims = [data.length / width, width];
     }
     const returnLogits = options.return_logits ?? true;
+    if (returnLogits) {
+      // Refused before anything is allocated: the model-dtype logits and the JS array they are copied into.
+      const V = this.config.vocab_size, n = B * T * V, dtype = this.dtype;
+      check_allocation(
+        `forward on a [${B}, ${T}] batch with vocab_size ${V}`,
+        n * (dtype_bytes(dtype) + (dtype === 'float64' ? 8 : 4)),
+        this.device,
+        'use a smaller batch or shorter sequences (training loops pass return_logits: false)',
+        n,
+      );
+    }
     const encoder = options.encoder;
     const run = () =>
       nativeCall(() =>
@@ -199,6 +218,8 @@ export class BloomForCausalLM implements AsyncDisposable {
   generate(options: GenerateOptions & { encoder?: PrefixEncoder }): Promise<Tensor>;
   async generate(options: GenerateOptions & { encoder?: PrefixEncoder }): Promise<Tensor | GenerateOutput> {
     this.check();
+    if (typeof options !== 'object' || options === null)
+      throw new PeftNodeError('ERR_INVALID_INPUT', `generate() needs an options object { input_ids, max_new_tokens?, ... }, got ${repr(options)}`);
     const encoder = options.encoder;
     const run = () => nativeCall(() => run_generate(this.handle, this.generation_config, options, { encoder }));
     return this.queue.run(encoder ? () => encoder.queue.run(run) : run);
@@ -259,7 +280,12 @@ export class BloomForCausalLM implements AsyncDisposable {
     options: { strict?: boolean } = {},
   ): Promise<{ missing_keys: string[]; unexpected_keys: string[] }> {
     this.check();
-    const strict = options.strict ?? true;
+    if (typeof state !== 'object' || state === null || Array.isArray(state))
+      throw new PeftNodeError('ERR_INVALID_INPUT', `load_state_dict needs an object of Tensors by name, got ${repr(state)}`);
+    for (const [name, t] of Object.entries(state))
+      if (typeof t !== 'object' || t === null || !Array.isArray((t as Tensor).dims) || !ArrayBuffer.isView((t as Tensor).data))
+        throw new PeftNodeError('ERR_INVALID_INPUT', `load_state_dict: '${name}' must be a Tensor, got ${repr(t)}`);
+    const strict = (options ?? {}).strict ?? true;
     const shapes = new Map(this.handle.parameterInfo().map(([n, shape]) => [n, shape] as const));
     const tiedAlias = this.config.tie_word_embeddings ? 'lm_head.weight' : undefined;
     const unexpected = Object.keys(state).filter((k) => !shapes.has(k) && k !== tiedAlias);
