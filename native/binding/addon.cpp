@@ -3,9 +3,6 @@
 #include <ATen/detail/CUDAHooksInterface.h>
 #include <napi.h>
 #include <torch/version.h>
-#ifdef __GLIBC__
-#include <malloc.h>
-#endif
 
 #include "binding/checkpoint_wrap.h"
 #include "binding/objects.h"
@@ -71,13 +68,6 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
 }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
-#ifdef __GLIBC__
-  // Tensors are allocated and freed on several libuv threads, i.e. in several malloc arenas. glibc's dynamic mmap
-  // threshold then keeps multi-MB activations in those arenas after a step, and RSS grows step after step. A fixed
-  // 1 MB threshold returns every large tensor to the OS when freed (measured on bloom-small, batch 4×256: peak RSS
-  // 1.34 GB -> 0.75 GB over two steps, steady RSS 1.37 GB -> 0.45 GB).
-  mallopt(M_MMAP_THRESHOLD, 1 << 20);
-#endif
   env.AddCleanupHook([] { g_env_closing.store(true); });  // environment teardown (worker threads)
   auto* data = new AddonData();
   data->model_ctor = Napi::Persistent(BloomModelWrap::Define(env));

@@ -69,7 +69,7 @@ Napi::Value BloomModelWrap::Load(const Napi::CallbackInfo& info) {
     std::string device_name = string_arg(info[1], "device");
     std::string dtype_name_ = string_arg(info[2], "dtype");
     auto state = std::make_shared<ModelState>();
-    return PromiseWorker::start(
+    return PromiseWorker::start_on(state->executor,
         env, "peft_node.BloomModel.load",
         [=] {
           c10::Device device = parse_device(device_name);
@@ -103,7 +103,7 @@ Napi::Value BloomModelWrap::ParameterInfo(const Napi::CallbackInfo& info) {
 Napi::Value BloomModelWrap::NamesWithGrad(const Napi::CallbackInfo& info) {
   auto state = state_;
   auto names = std::make_shared<std::vector<std::string>>();
-  return PromiseWorker::start(
+  return PromiseWorker::start_on(state_->executor,
       info.Env(), "peft_node.namesWithGrad",
       [state, names] {
         std::lock_guard<std::mutex> lock(state->mu);
@@ -119,7 +119,7 @@ Napi::Value BloomModelWrap::GetParameter(const Napi::CallbackInfo& info) {
     std::string name = string_arg(info[0], "parameter name");
     auto state = state_;
     auto result = std::make_shared<at::Tensor>();
-    return PromiseWorker::start(
+    return PromiseWorker::start_on(state_->executor,
         env, "peft_node.BloomModel.getParameter",
         [=] {
           std::lock_guard<std::mutex> lock(state->mu);
@@ -136,7 +136,7 @@ Napi::Value BloomModelWrap::GetGrad(const Napi::CallbackInfo& info) {
     std::string name = string_arg(info[0], "parameter name");
     auto state = state_;
     auto result = std::make_shared<at::Tensor>();
-    return PromiseWorker::start(
+    return PromiseWorker::start_on(state_->executor,
         env, "peft_node.BloomModel.getGrad",
         [=] {
           std::lock_guard<std::mutex> lock(state->mu);
@@ -162,7 +162,7 @@ Napi::Value BloomModelWrap::SetParameter(const Napi::CallbackInfo& info) {
     if (!found) fail(codes::kInvalidInput, "no parameter named '" + name + "'");
     at::Tensor src = float_tensor(info[1], shape, ("value for '" + name + "'").c_str());
     auto state = state_;
-    return PromiseWorker::start(
+    return PromiseWorker::start_on(state_->executor,
         env, "peft_node.BloomModel.setParameter",
         [=] {
           std::lock_guard<std::mutex> lock(state->mu);
@@ -224,7 +224,7 @@ Napi::Value BloomModelWrap::Forward(const Napi::CallbackInfo& info) {
     };
     auto result = std::make_shared<Result>();
     auto state = state_;
-    return PromiseWorker::start(
+    return PromiseWorker::start_on(state_->executor,
         env, "peft_node.BloomModel.forward",
         [=] {
           std::lock_guard<std::mutex> lock(state->mu);
@@ -277,7 +277,7 @@ Napi::Value BloomModelWrap::Forward(const Napi::CallbackInfo& info) {
 Napi::Value BloomModelWrap::Dispose(const Napi::CallbackInfo& info) {
   disposed_ = true;
   auto state = state_;
-  return PromiseWorker::start(
+  return PromiseWorker::start_on(state_->executor,
       info.Env(), "peft_node.BloomModel.dispose",
       [state] {
         std::lock_guard<std::mutex> lock(state->mu);  // waits for a running call to finish

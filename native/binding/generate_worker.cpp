@@ -30,9 +30,12 @@ class GenerateWorker : public Napi::AsyncProgressQueueWorker<int64_t> {
 
  protected:
   void Execute(const ExecutionProgress& progress) override {
-    apply_thread_setting();
     std::string message;
-    if (!capture_errors([&] { run(progress); }, code_, message)) SetError(message);
+    auto body = [&] {
+      apply_thread_setting();
+      run(progress);
+    };
+    if (!capture_errors([&] { model_->executor->run(body); }, code_, message)) SetError(message);
   }
 
   void OnProgress(const int64_t* data, size_t count) override {

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "binding/executor.h"
 #include "core/adamw.h"
 #include "core/bloom.h"
 #include "core/prefix_encoder.h"
@@ -17,6 +18,7 @@ namespace peft_node::binding {
 struct ModelState {
   std::mutex mu;
   std::unique_ptr<BloomModel> model;
+  std::shared_ptr<Executor> executor = next_executor();  // the thread of this model's work
 };
 
 struct EncoderState {

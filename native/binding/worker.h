@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "binding/executor.h"
 #include "core/errors.h"
 
 namespace peft_node::binding {
@@ -71,16 +72,22 @@ inline void apply_thread_setting() {
 class PromiseWorker : public Napi::AsyncWorker {
  public:
   PromiseWorker(Napi::Env env, const char* name, std::function<void()> run,
-                std::function<Napi::Value(Napi::Env)> resolve)
+                std::function<Napi::Value(Napi::Env)> resolve, std::shared_ptr<Executor> executor = nullptr)
       : Napi::AsyncWorker(env, name), deferred_(Napi::Promise::Deferred::New(env)), run_(std::move(run)),
-        resolve_(std::move(resolve)) {}
+        resolve_(std::move(resolve)), executor_(std::move(executor)) {}
 
   Napi::Promise promise() const { return deferred_.Promise(); }
 
-  // Queues the worker and returns its Promise.
+  // start() with the work run on `executor`'s thread (a model's own thread).
+  static Napi::Value start_on(std::shared_ptr<Executor> executor, Napi::Env env, const char* name,
+                              std::function<void()> run, std::function<Napi::Value(Napi::Env)> resolve) {
+    return start(env, name, std::move(run), std::move(resolve), std::move(executor));
+  }
+
+  // Queues the worker and returns its Promise. With an executor, `run` happens on the executor's thread.
   static Napi::Value start(Napi::Env env, const char* name, std::function<void()> run,
-                           std::function<Napi::Value(Napi::Env)> resolve) {
-    auto* w = new PromiseWorker(env, name, std::move(run), std::move(resolve));
+                           std::function<Napi::Value(Napi::Env)> resolve, std::shared_ptr<Executor> executor = nullptr) {
+    auto* w = new PromiseWorker(env, name, std::move(run), std::move(resolve), std::move(executor));
     Napi::Promise p = w->promise();
     w->Queue();
     return p;
@@ -88,9 +95,12 @@ class PromiseWorker : public Napi::AsyncWorker {
 
  protected:
   void Execute() override {
-    apply_thread_setting();
     std::string message;
-    if (!capture_errors(run_, code_, message)) SetError(message);
+    auto body = [this] {
+      apply_thread_setting();
+      run_();
+    };
+    if (!capture_errors([&] { executor_ ? executor_->run(body) : body(); }, code_, message)) SetError(message);
   }
   void OnOK() override {
     Napi::Env env = Env();
@@ -111,6 +121,7 @@ class PromiseWorker : public Napi::AsyncWorker {
   Napi::Promise::Deferred deferred_;
   std::function<void()> run_;
   std::function<Napi::Value(Napi::Env)> resolve_;
+  std::shared_ptr<Executor> executor_;
   std::string code_;
 };
 
