@@ -70,8 +70,8 @@ class BloomModel {
   std::vector<Layer> layers_;
   std::vector<std::pair<std::string, at::Tensor>> params_;
   at::Tensor slopes_;  // [n_head] float32 ALiBi slopes, as build_alibi_tensor computes them
-  // lm_head transposed to [D, V] for decoding (made on first use, fast mode only): a [1, D] x [D, V] product streams
-  // the weights contiguously and runs ~1.7x faster than x · W^T on this CPU. Guarded by the caller's model lock.
+  // lm_head transposed to [D, V] for decoding (made on first use, fast mode, lm_heads up to 512 MB): a [1, D] x [D, V]
+  // product streams the weights contiguously and runs ~1.7x faster than x · W^T on this CPU. Guarded by the model lock.
   mutable at::Tensor lm_head_t_;
 };
 
