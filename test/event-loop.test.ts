@@ -4,45 +4,9 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { AutoModelForCausalLM, CausalLMOutput, Tensor, writeSafetensors } from '../lib';
-import { TINY, asNumbers, tmpDir } from './helpers';
+import { AutoModelForCausalLM, CausalLMOutput, Tensor } from '../lib';
+import { TINY, asNumbers, tmpDir, writeRandomBloom } from './helpers';
 
-/** A random BLOOM big enough that one training step takes well over 100 ms on these machines. */
-function writeRandomBloom(dir: string, hidden: number, layers: number, heads: number, vocab: number): void {
-  fs.writeFileSync(
-    path.join(dir, 'config.json'),
-    JSON.stringify({ model_type: 'bloom', vocab_size: vocab, hidden_size: hidden, n_layer: layers, n_head: heads }),
-  );
-  let s = 12345;
-  const rnd = () => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 32 - 0.5) * 0.1;
-  const t = (...dims: number[]) => new Tensor('float32', Float32Array.from({ length: dims.reduce((a, b) => a * b) }, rnd), dims);
-  const ones = (n: number) => new Tensor('float32', new Float32Array(n).fill(1), [n]);
-  const tensors: [string, Tensor][] = [
-    ['transformer.word_embeddings.weight', t(vocab, hidden)],
-    ['transformer.word_embeddings_layernorm.weight', ones(hidden)],
-    ['transformer.word_embeddings_layernorm.bias', t(hidden)],
-    ['transformer.ln_f.weight', ones(hidden)],
-    ['transformer.ln_f.bias', t(hidden)],
-  ];
-  for (let l = 0; l < layers; l++) {
-    const p = `transformer.h.${l}.`;
-    tensors.push(
-      [p + 'input_layernorm.weight', ones(hidden)],
-      [p + 'input_layernorm.bias', t(hidden)],
-      [p + 'self_attention.query_key_value.weight', t(3 * hidden, hidden)],
-      [p + 'self_attention.query_key_value.bias', t(3 * hidden)],
-      [p + 'self_attention.dense.weight', t(hidden, hidden)],
-      [p + 'self_attention.dense.bias', t(hidden)],
-      [p + 'post_attention_layernorm.weight', ones(hidden)],
-      [p + 'post_attention_layernorm.bias', t(hidden)],
-      [p + 'mlp.dense_h_to_4h.weight', t(4 * hidden, hidden)],
-      [p + 'mlp.dense_h_to_4h.bias', t(4 * hidden)],
-      [p + 'mlp.dense_4h_to_h.weight', t(hidden, 4 * hidden)],
-      [p + 'mlp.dense_4h_to_h.bias', t(hidden)],
-    );
-  }
-  writeSafetensors(path.join(dir, 'model.safetensors'), tensors, { format: 'pt' });
-}
 
 test('timers keep firing during a long forward + backward', async () => {
   const dir = tmpDir();

@@ -2,7 +2,7 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { readSafetensors } from '../lib/utils/safetensors';
+import { readSafetensors, writeSafetensors } from '../lib/utils/safetensors';
 import { Tensor } from '../lib/tensor';
 
 export const FIXTURES = path.join(__dirname, 'fixtures');
@@ -85,4 +85,45 @@ export class ErrorLog {
     console.log(`${title}: worst relative error ${worst.toExponential(2)} over ${this.rows.length} comparisons\n` +
       this.rows.map(([w, e]) => `  ${w}: ${e.toExponential(2)}`).join('\n'));
   }
+}
+
+/** A random BLOOM big enough that a step or a decode takes a while. */
+export function writeRandomBloom(dir: string, hidden: number, layers: number, heads: number, vocab: number, seed = 12345): string {
+  fs.mkdirSync(dir, { recursive: true });
+  fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify({ model_type: 'bloom', vocab_size: vocab, hidden_size: hidden, n_layer: layers, n_head: heads }));
+  let s = seed;
+  const rnd = () => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 32 - 0.5) * 0.1;
+  const t = (...dims: number[]) => new Tensor('float32', Float32Array.from({ length: dims.reduce((a, b) => a * b) }, rnd), dims);
+  const ones = (k: number) => new Tensor('float32', new Float32Array(k).fill(1), [k]);
+  const tensors: [string, Tensor][] = [
+    ['transformer.word_embeddings.weight', t(vocab, hidden)],
+    ['transformer.word_embeddings_layernorm.weight', ones(hidden)],
+    ['transformer.word_embeddings_layernorm.bias', t(hidden)],
+    ['transformer.ln_f.weight', ones(hidden)],
+    ['transformer.ln_f.bias', t(hidden)],
+  ];
+  for (let l = 0; l < layers; l++) {
+    const p = `transformer.h.${l}.`;
+    tensors.push(
+      [p + 'input_layernorm.weight', ones(hidden)], [p + 'input_layernorm.bias', t(hidden)],
+      [p + 'self_attention.query_key_value.weight', t(3 * hidden, hidden)], [p + 'self_attention.query_key_value.bias', t(3 * hidden)],
+      [p + 'self_attention.dense.weight', t(hidden, hidden)], [p + 'self_attention.dense.bias', t(hidden)],
+      [p + 'post_attention_layernorm.weight', ones(hidden)], [p + 'post_attention_layernorm.bias', t(hidden)],
+      [p + 'mlp.dense_h_to_4h.weight', t(4 * hidden, hidden)], [p + 'mlp.dense_h_to_4h.bias', t(4 * hidden)],
+      [p + 'mlp.dense_4h_to_h.weight', t(hidden, 4 * hidden)], [p + 'mlp.dense_4h_to_h.bias', t(hidden)],
+    );
+  }
+  writeSafetensors(path.join(dir, 'model.safetensors'), tensors, { format: 'pt' });
+  return dir;
+}
+
+/** DataCollatorForSeq2Seq's result for the fixture tokenizer, by hand: left padding with <pad> = 3, labels with -100. */
+export function leftPadCollator(features: Record<string, unknown>[]) {
+  const T = Math.max(...features.map((f) => (f.input_ids as number[]).length));
+  const left = (a: number[], v: number) => [...Array(T - a.length).fill(v), ...a];
+  return {
+    input_ids: features.map((f) => left(f.input_ids as number[], 3)),
+    attention_mask: features.map((f) => left(f.attention_mask as number[], 0)),
+    labels: features.map((f) => left(f.labels as number[], -100)),
+  };
 }

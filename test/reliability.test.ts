@@ -30,7 +30,7 @@ import {
 } from '../lib';
 import { rethrowNative } from '../lib/errors';
 import { list_checkpoints } from '../lib/trainer/checkpoint';
-import { TINY, asNumbers, tmpDir } from './helpers';
+import { TINY, asNumbers, tmpDir, writeRandomBloom } from './helpers';
 
 let model: BloomForCausalLM;
 let tokenizer: PreTrainedTokenizer;
@@ -361,35 +361,6 @@ describe('training faults: non-finite losses', () => {
 
 // -----------------------------------------------------------------------------------------------------------------
 
-/** A random BLOOM big enough that a step or a decode takes a while. */
-function writeRandomBloom(dir: string, hidden: number, layers: number, heads: number, vocab: number, seed: number): string {
-  fs.mkdirSync(dir, { recursive: true });
-  fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify({ model_type: 'bloom', vocab_size: vocab, hidden_size: hidden, n_layer: layers, n_head: heads }));
-  let s = seed;
-  const rnd = () => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 32 - 0.5) * 0.1;
-  const t = (...dims: number[]) => new Tensor('float32', Float32Array.from({ length: dims.reduce((a, b) => a * b) }, rnd), dims);
-  const ones = (k: number) => new Tensor('float32', new Float32Array(k).fill(1), [k]);
-  const tensors: [string, Tensor][] = [
-    ['transformer.word_embeddings.weight', t(vocab, hidden)],
-    ['transformer.word_embeddings_layernorm.weight', ones(hidden)],
-    ['transformer.word_embeddings_layernorm.bias', t(hidden)],
-    ['transformer.ln_f.weight', ones(hidden)],
-    ['transformer.ln_f.bias', t(hidden)],
-  ];
-  for (let l = 0; l < layers; l++) {
-    const p = `transformer.h.${l}.`;
-    tensors.push(
-      [p + 'input_layernorm.weight', ones(hidden)], [p + 'input_layernorm.bias', t(hidden)],
-      [p + 'self_attention.query_key_value.weight', t(3 * hidden, hidden)], [p + 'self_attention.query_key_value.bias', t(3 * hidden)],
-      [p + 'self_attention.dense.weight', t(hidden, hidden)], [p + 'self_attention.dense.bias', t(hidden)],
-      [p + 'post_attention_layernorm.weight', ones(hidden)], [p + 'post_attention_layernorm.bias', t(hidden)],
-      [p + 'mlp.dense_h_to_4h.weight', t(4 * hidden, hidden)], [p + 'mlp.dense_h_to_4h.bias', t(4 * hidden)],
-      [p + 'mlp.dense_4h_to_h.weight', t(hidden, 4 * hidden)], [p + 'mlp.dense_4h_to_h.bias', t(hidden)],
-    );
-  }
-  writeSafetensors(path.join(dir, 'model.safetensors'), tensors, { format: 'pt' });
-  return dir;
-}
 
 /** Counts setInterval(10 ms) ticks while `f` runs: ticks per second and the longest gap between two ticks. */
 async function ticking<T>(f: () => Promise<T>): Promise<{ result: T; perSecond: number; maxGapMs: number; ms: number }> {

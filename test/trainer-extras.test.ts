@@ -6,7 +6,7 @@ import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { AutoModelForCausalLM, BloomForCausalLM, PrefixTuningConfig, ProgressCallback, Trainer, TrainingArguments, get_peft_model } from '../lib';
-import { TINY, tmpDir } from './helpers';
+import { TINY, leftPadCollator as pad, tmpDir } from './helpers';
 
 let model: BloomForCausalLM;
 let scratch: string;
@@ -23,15 +23,6 @@ const rows = Array.from({ length: 6 }, (_, i) => {
   const ids = Array.from({ length: 5 + i }, (_, j) => 30 + ((i * 13 + j * 7) % 900));
   return { input_ids: ids, attention_mask: ids.map(() => 1), labels: ids.map((v, j) => (j < 2 ? -100 : v)) };
 });
-const pad = (features: Record<string, unknown>[]) => {
-  const T = Math.max(...features.map((f) => (f.input_ids as number[]).length));
-  const left = (a: number[], v: number) => [...Array(T - a.length).fill(v), ...a];
-  return {
-    input_ids: features.map((f) => left(f.input_ids as number[], 3)),
-    attention_mask: features.map((f) => left(f.attention_mask as number[], 0)),
-    labels: features.map((f) => left(f.labels as number[], -100)),
-  };
-};
 
 test("evaluate(): eval_loss is the mean of each batch's mean token loss, weighted by batch size", async () => {
   const pm = get_peft_model(model, new PrefixTuningConfig({ task_type: 'CAUSAL_LM', num_virtual_tokens: 2 }));

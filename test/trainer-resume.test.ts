@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { AutoModelForCausalLM, BloomForCausalLM, PeftModel, PrefixTuningConfig, Trainer, TrainingArguments, get_peft_model, set_seed } from '../lib';
 import { randperm } from '../lib/utils/torch_random';
-import { TINY, asNumbers, tmpDir } from './helpers';
+import { TINY, asNumbers, leftPadCollator as pad, tmpDir } from './helpers';
 
 let model: BloomForCausalLM;
 let scratch: string;
@@ -25,15 +25,6 @@ const rows = Array.from({ length: 11 }, (_, i) => {
   const ids = Array.from({ length: 4 + (i % 5) }, (_, j) => 20 + ((i * 37 + j * 11) % 900));
   return { input_ids: ids, attention_mask: ids.map(() => 1), labels: ids.map((v, j) => (j < 2 ? -100 : v)) };
 });
-const pad = (features: Record<string, unknown>[]) => {
-  const T = Math.max(...features.map((f) => (f.input_ids as number[]).length));
-  const left = (a: number[], v: number) => [...Array(T - a.length).fill(v), ...a];
-  return {
-    input_ids: features.map((f) => left(f.input_ids as number[], 3)),
-    attention_mask: features.map((f) => left(f.attention_mask as number[], 0)),
-    labels: features.map((f) => left(f.labels as number[], -100)),
-  };
-};
 
 function args(output_dir: string, extra: Partial<ConstructorParameters<typeof TrainingArguments>[0]> = {}) {
   return new TrainingArguments({
@@ -120,4 +111,19 @@ test.each([
   [{ adam_beta1: 1.5 }, 'adam_beta1 must be in [0, 1)'],
 ])('TrainingArguments(%j) is refused', (options, message) => {
   expect(() => new TrainingArguments(options as never)).toThrow(message);
+});
+
+test('resuming from the final checkpoint trains nothing more: the prefix stays that of the finished run', async () => {
+  jest.spyOn(console, 'log').mockImplementation(() => undefined);
+  const out_dir = path.join(scratch, 'finished');
+  const pm = await freshModel(21);
+  await new Trainer({ model: pm, args: args(out_dir, { max_steps: 4, save_steps: 2 }), train_dataset: rows, data_collator: pad }).train();
+  const done = await finalParams(pm);
+  const again = await freshModel(22);
+  const out = await new Trainer({ model: again, args: args(out_dir, { max_steps: 4, save_steps: 2 }), train_dataset: rows, data_collator: pad }).train({ resume_from_checkpoint: true });
+  expect(out.global_step).toBe(4);
+  expect(await finalParams(again)).toEqual(done);
+  await pm.dispose();
+  await again.dispose();
+  (console.log as jest.Mock).mockRestore();
 });

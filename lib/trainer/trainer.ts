@@ -239,7 +239,8 @@ export class Trainer {
     let stepNonFinite = false;
     await this.emit('on_train_begin');
     try {
-      outer: for (let epoch = epochsTrained; epoch < numEpochs; epoch++) {
+      // A run resumed from its final checkpoint has nothing left to do (HF would train one step past max_steps).
+      outer: for (let epoch = epochsTrained; epoch < numEpochs && state.global_step < maxSteps; epoch++) {
         const perm = randperm(N, dataSeed + epoch);
         const batches: number[][] = [];
         for (let i = 0; i + (args.dataloader_drop_last ? bs : 1) <= N; i += bs) batches.push(perm.slice(i, i + bs));

@@ -253,6 +253,64 @@ static double lowest_of(at::ScalarType t) {
   }
 }
 
+at::Tensor BloomModel::run_blocks(const at::Tensor& ids, const at::Tensor& m2, int64_t past,
+                                  const std::function<void(int64_t, at::Tensor&, at::Tensor&)>& past_kv) const {
+  const int64_t B = ids.size(0), T = ids.size(1), S = m2.size(1);
+  const int64_t D = config_.hidden_size, H = config_.n_head, hd = D / H, NL = config_.n_layer;
+  const double eps = config_.layer_norm_epsilon;
+  at::Tensor pos = (m2.cumsum(-1) - 1) * m2;
+  at::Tensor alibi = (slopes_.view({1, H, 1}) * pos.unsqueeze(1)).reshape({B * H, 1, S}).to(dtype_);
+
+  // Additive causal mask: query i (cache position past+i) sees key j when j <= past+i and m2[b, j] != 0.
+  auto i64 = at::TensorOptions().dtype(at::kLong).device(device_);
+  at::Tensor qi = at::arange(T, i64).view({T, 1}) + past;
+  at::Tensor kj = at::arange(S, i64).view({1, S});
+  at::Tensor allowed = (kj <= qi).unsqueeze(0) & (m2.unsqueeze(1) != 0);  // [B, T, S]
+  at::Tensor addmask = at::zeros({B, 1, T, S}, m2.options().dtype(dtype_))
+                           .masked_fill_(allowed.logical_not().unsqueeze(1), lowest_of(dtype_));
+
+  const double inv_norm = 1.0 / std::sqrt(static_cast<double>(hd));
+  // transformers computes softmax in float32 for every dtype; a float64 model keeps float64 so that finite-difference
+  // checks see float64 precision end to end.
+  const at::ScalarType softmax_dtype = dtype_ == at::kDouble ? at::kDouble : at::kFloat;
+  // SDPA softmaxes in the input dtype; transformers' float32 softmax is kept for half types and float64 for FD checks.
+  const bool use_sdpa = !exact_mode() && dtype_ == at::kFloat && sdpa_enabled();
+  at::Tensor bias;
+  if (use_sdpa) bias = alibi.view({B, H, 1, S}) + addmask;  // [B, H, T, S]
+  at::Tensor x = at::embedding(wte_, ids);
+  x = at::layer_norm(x, {D}, emb_ln_w_, emb_ln_b_, eps);
+  for (int64_t l = 0; l < NL; ++l) {
+    const Layer& L = layers_[l];
+    at::Tensor ln = at::layer_norm(x, {D}, L.ln1_w, L.ln1_b, eps);
+    at::Tensor residual = config_.apply_residual_connection_post_layernorm ? ln : x;
+    at::Tensor qkv = at::linear(ln, L.qkv_w, L.qkv_b).view({B, T, H, 3, hd});
+    at::Tensor q = qkv.select(3, 0).transpose(1, 2);
+    at::Tensor k = qkv.select(3, 1).transpose(1, 2);
+    at::Tensor v = qkv.select(3, 2).transpose(1, 2);
+    past_kv(l, k, v);  // k, v become [B, H, S, hd]: earlier positions first
+    at::Tensor ctx;
+    if (use_sdpa) {
+      // Fast mode: one fused attention kernel with ALiBi + mask as its additive bias.
+      ctx = at::scaled_dot_product_attention(q, k, v, bias, 0.0, false, inv_norm)
+                .permute({0, 2, 1, 3})
+                .reshape({B, T, D});
+    } else {
+      at::Tensor qf = q.reshape({B * H, T, hd});
+      at::Tensor kf = k.reshape({B * H, S, hd}).transpose(-1, -2);
+      at::Tensor vf = v.reshape({B * H, S, hd});
+      at::Tensor scores = at::baddbmm(alibi, qf, kf, /*beta=*/1.0, /*alpha=*/inv_norm);
+      at::Tensor probs = at::softmax(scores.view({B, H, T, S}) + addmask, -1, softmax_dtype).to(dtype_);
+      ctx = at::bmm(probs.view({B * H, T, S}), vf).view({B, H, T, hd}).permute({0, 2, 1, 3}).reshape({B, T, D});
+    }
+    at::Tensor a = at::linear(ctx, L.dense_w, L.dense_b) + residual;
+    at::Tensor ln2 = at::layer_norm(a, {D}, L.ln2_w, L.ln2_b, eps);
+    at::Tensor residual2 = config_.apply_residual_connection_post_layernorm ? ln2 : a;
+    at::Tensor h = bloom_gelu(at::linear(ln2, L.fc1_w, L.fc1_b));
+    x = at::linear(h, L.fc2_w, L.fc2_b) + residual2;
+  }
+  return x;
+}
+
 ForwardOutputs BloomModel::forward(const ForwardInputs& in, const at::Tensor& prefix_raw, bool need_logits) const {
   validate(in);
   const int64_t B = in.input_ids.size(0), T = in.input_ids.size(1);
@@ -281,59 +339,12 @@ ForwardOutputs BloomModel::forward(const ForwardInputs& in, const at::Tensor& pr
   } else {
     m2 = at::ones({B, S}, f32);
   }
-  at::Tensor pos = (m2.cumsum(-1) - 1) * m2;
-  at::Tensor alibi = (slopes_.view({1, H, 1}) * pos.unsqueeze(1)).reshape({B * H, 1, S}).to(dtype_);
-
-  // Additive causal mask: query i (cache position P+i) sees key j when j <= P+i and m2[b, j] != 0.
-  auto i64 = at::TensorOptions().dtype(at::kLong).device(device_);
-  at::Tensor qi = at::arange(T, i64).view({T, 1}) + P;
-  at::Tensor kj = at::arange(S, i64).view({1, S});
-  at::Tensor allowed = (kj <= qi).unsqueeze(0) & (m2.unsqueeze(1) != 0);  // [B, T, S]
-  at::Tensor addmask = at::zeros({B, 1, T, S}, f32.dtype(dtype_)).masked_fill_(allowed.logical_not().unsqueeze(1),
-                                                                             lowest_of(dtype_));
-
-  const double inv_norm = 1.0 / std::sqrt(static_cast<double>(hd));
-  // transformers computes softmax in float32 for every dtype; a float64 model keeps float64 so that finite-difference
-  // checks see float64 precision end to end.
-  const at::ScalarType softmax_dtype = dtype_ == at::kDouble ? at::kDouble : at::kFloat;
-  // SDPA softmaxes in the input dtype; transformers' float32 softmax is kept for half types and float64 for FD checks.
-  const bool use_sdpa = !exact_mode() && dtype_ == at::kFloat && sdpa_enabled();
-  at::Tensor bias;
-  if (use_sdpa) bias = alibi.view({B, H, 1, S}) + addmask;  // [B, H, T, S]
-  at::Tensor x = at::embedding(wte_, ids);
-  x = at::layer_norm(x, {D}, emb_ln_w_, emb_ln_b_, eps);
-  for (int64_t l = 0; l < NL; ++l) {
-    const Layer& L = layers_[l];
-    at::Tensor ln = at::layer_norm(x, {D}, L.ln1_w, L.ln1_b, eps);
-    at::Tensor residual = config_.apply_residual_connection_post_layernorm ? ln : x;
-    at::Tensor qkv = at::linear(ln, L.qkv_w, L.qkv_b).view({B, T, H, 3, hd});
-    at::Tensor q = qkv.select(3, 0).transpose(1, 2);
-    at::Tensor k = qkv.select(3, 1).transpose(1, 2);
-    at::Tensor v = qkv.select(3, 2).transpose(1, 2);
-    if (P > 0) {
+  at::Tensor x = run_blocks(ids, m2, P, [&](int64_t l, at::Tensor& k, at::Tensor& v) {
+    if (P > 0) {  // DynamicLayer.update: the prefix comes first
       k = at::cat({kv[2 * l], k}, 2);
       v = at::cat({kv[2 * l + 1], v}, 2);
     }
-    at::Tensor ctx;
-    if (use_sdpa) {
-      // Fast mode: one fused attention kernel with ALiBi + mask as its additive bias.
-      ctx = at::scaled_dot_product_attention(q, k, v, bias, 0.0, false, inv_norm)
-                .permute({0, 2, 1, 3})
-                .reshape({B, T, D});
-    } else {
-      at::Tensor qf = q.reshape({B * H, T, hd});
-      at::Tensor kf = k.reshape({B * H, S, hd}).transpose(-1, -2);
-      at::Tensor vf = v.reshape({B * H, S, hd});
-      at::Tensor scores = at::baddbmm(alibi, qf, kf, /*beta=*/1.0, /*alpha=*/inv_norm);
-      at::Tensor probs = at::softmax(scores.view({B, H, T, S}) + addmask, -1, softmax_dtype).to(dtype_);
-      ctx = at::bmm(probs.view({B * H, T, S}), vf).view({B, H, T, hd}).permute({0, 2, 1, 3}).reshape({B, T, D});
-    }
-    at::Tensor a = at::linear(ctx, L.dense_w, L.dense_b) + residual;
-    at::Tensor ln2 = at::layer_norm(a, {D}, L.ln2_w, L.ln2_b, eps);
-    at::Tensor residual2 = config_.apply_residual_connection_post_layernorm ? ln2 : a;
-    at::Tensor h = bloom_gelu(at::linear(ln2, L.fc1_w, L.fc1_b));
-    x = at::linear(h, L.fc2_w, L.fc2_b) + residual2;
-  }
+  });
   x = at::layer_norm(x, {D}, ln_f_w_, ln_f_b_, eps);
 
   ForwardOutputs out;
@@ -358,7 +369,7 @@ ForwardOutputs BloomModel::forward(const ForwardInputs& in, const at::Tensor& pr
     at::Tensor flat = (logits.scalar_type() == at::kDouble ? logits : logits.to(at::kFloat)).view({-1, logits.size(-1)});
     if (in.num_items_in_batch) {
       at::Tensor sum = at::cross_entropy_loss(flat, shifted, {}, at::Reduction::Sum, -100);
-      out.loss = sum / at::scalar_tensor(*in.num_items_in_batch, i64);
+      out.loss = sum / at::scalar_tensor(*in.num_items_in_batch, at::TensorOptions().dtype(at::kLong).device(device_));
     } else {
       out.loss = at::cross_entropy_loss(flat, shifted, {}, at::Reduction::Mean, -100);
     }
@@ -369,43 +380,16 @@ ForwardOutputs BloomModel::forward(const ForwardInputs& in, const at::Tensor& pr
 
 at::Tensor BloomModel::step_logits(const at::Tensor& ids_in, const at::Tensor& m2, int64_t past,
                                    std::vector<at::Tensor>& k_cache, std::vector<at::Tensor>& v_cache) const {
-  const int64_t B = ids_in.size(0), T = ids_in.size(1);
-  const int64_t D = config_.hidden_size, H = config_.n_head, hd = D / H, NL = config_.n_layer;
-  const int64_t S = past + T;
+  const int64_t T = ids_in.size(1), D = config_.hidden_size, S = past + T;
   const double eps = config_.layer_norm_epsilon;
   const at::Tensor ids = ids_in.to(device_);
   // The same graph as forward(), with keys/values written into the cache instead of concatenated.
-  at::Tensor pos = (m2.cumsum(-1) - 1) * m2;
-  at::Tensor alibi = (slopes_.view({1, H, 1}) * pos.unsqueeze(1)).reshape({B * H, 1, S}).to(dtype_);
-  auto i64 = at::TensorOptions().dtype(at::kLong).device(device_);
-  at::Tensor qi = at::arange(T, i64).view({T, 1}) + past;
-  at::Tensor kj = at::arange(S, i64).view({1, S});
-  at::Tensor allowed = (kj <= qi).unsqueeze(0) & (m2.unsqueeze(1) != 0);
-  at::Tensor addmask = at::zeros({B, 1, T, S}, m2.options().dtype(dtype_))
-                           .masked_fill_(allowed.logical_not().unsqueeze(1), lowest_of(dtype_));
-  const double inv_norm = 1.0 / std::sqrt(static_cast<double>(hd));
-  const at::ScalarType softmax_dtype = dtype_ == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor x = at::layer_norm(at::embedding(wte_, ids), {D}, emb_ln_w_, emb_ln_b_, eps);
-  for (int64_t l = 0; l < NL; ++l) {
-    const Layer& L = layers_[l];
-    at::Tensor ln = at::layer_norm(x, {D}, L.ln1_w, L.ln1_b, eps);
-    at::Tensor residual = config_.apply_residual_connection_post_layernorm ? ln : x;
-    at::Tensor qkv = at::linear(ln, L.qkv_w, L.qkv_b).view({B, T, H, 3, hd});
-    at::Tensor q = qkv.select(3, 0).transpose(1, 2);
-    k_cache[l].narrow(2, past, T).copy_(qkv.select(3, 1).transpose(1, 2));
-    v_cache[l].narrow(2, past, T).copy_(qkv.select(3, 2).transpose(1, 2));
-    at::Tensor k = k_cache[l].narrow(2, 0, S), v = v_cache[l].narrow(2, 0, S);
-    at::Tensor qf = q.reshape({B * H, T, hd});
-    at::Tensor kf = k.reshape({B * H, S, hd}).transpose(-1, -2);
-    at::Tensor vf = v.reshape({B * H, S, hd});
-    at::Tensor scores = at::baddbmm(alibi, qf, kf, 1.0, inv_norm);
-    at::Tensor probs = at::softmax(scores.view({B, H, T, S}) + addmask, -1, softmax_dtype).to(dtype_);
-    at::Tensor ctx = at::bmm(probs.view({B * H, T, S}), vf).view({B, H, T, hd}).permute({0, 2, 1, 3}).reshape({B, T, D});
-    at::Tensor a = at::linear(ctx, L.dense_w, L.dense_b) + residual;
-    at::Tensor ln2 = at::layer_norm(a, {D}, L.ln2_w, L.ln2_b, eps);
-    at::Tensor residual2 = config_.apply_residual_connection_post_layernorm ? ln2 : a;
-    x = at::linear(bloom_gelu(at::linear(ln2, L.fc1_w, L.fc1_b)), L.fc2_w, L.fc2_b) + residual2;
-  }
+  at::Tensor x = run_blocks(ids, m2, past, [&](int64_t l, at::Tensor& k, at::Tensor& v) {
+    k_cache[l].narrow(2, past, T).copy_(k);
+    v_cache[l].narrow(2, past, T).copy_(v);
+    k = k_cache[l].narrow(2, 0, S);
+    v = v_cache[l].narrow(2, 0, S);
+  });
   x = at::layer_norm(x.narrow(1, T - 1, 1), {D}, ln_f_w_, ln_f_b_, eps).select(1, 0);
   // The transposed copy costs V·D more memory while generating: only for lm_heads up to 512 MB (bloom-1b4's 378 MB
   // yes; bloom-560m's 1 GB, vocab 250880, no: there the memory matters more than ~15% of decode speed).

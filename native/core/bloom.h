@@ -5,6 +5,7 @@
 #include <ATen/Tensor.h>
 #include <c10/core/Device.h>
 
+#include <functional>
 #include <optional>
 #include <string>
 #include <utility>
@@ -60,6 +61,11 @@ class BloomModel {
   void weights_changed() { lm_head_t_ = at::Tensor(); }
 
  private:
+  // Embedding, ALiBi, mask and every block, for ids at cache positions [past, past + T) over the mask m2 of all
+  // positions so far; past_kv(l, k, v) turns the layer's new keys/values into all of them (prefix or cache first).
+  at::Tensor run_blocks(const at::Tensor& ids, const at::Tensor& m2, int64_t past,
+                        const std::function<void(int64_t, at::Tensor&, at::Tensor&)>& past_kv) const;
+
   struct Layer {
     at::Tensor ln1_w, ln1_b, qkv_w, qkv_b, dense_w, dense_b, ln2_w, ln2_b, fc1_w, fc1_b, fc2_w, fc2_b;
   };
