@@ -70,20 +70,6 @@ bool storage_dtype(const std::string& name, at::ScalarType& out) {
   return false;
 }
 
-// Bytes from the file, escaped for messages.
-std::string shown(const std::string& s) {
-  std::string out;
-  for (unsigned char c : s.substr(0, 200)) {
-    if (c >= 0x20 && c < 0x7f && c != '\\') {
-      out += static_cast<char>(c);
-    } else {
-      char buf[8];
-      std::snprintf(buf, sizeof buf, "\\x%02x", c);
-      out += buf;
-    }
-  }
-  return s.size() > 200 ? out + "..." : out;
-}
 
 std::string shape_str(const std::vector<int64_t>& v) {
   std::string out = "[";
@@ -228,7 +214,7 @@ class Unpickler {
     } else if (module == "torch" && storage_dtype(name, g.dtype)) {
       g.callable = Callable::StorageType;
     } else {
-      unsafe("names the global '" + shown(module) + "." + shown(name) + "'");
+      unsafe("names the global '" + printable(module) + "." + printable(name) + "'");
     }
     push_new(std::move(g));
   }
@@ -249,11 +235,11 @@ class Unpickler {
     const std::string name = prefix_ + "/data/" + key;
     const ZipEntry* e = zip_.find(name);
     if (!e)
-      fail(codes::kZip, zip_.path() + ": the pickle refers to storage '" + shown(key) + "', but the archive has no entry '" +
-                            shown(name) + "' (truncated or incomplete checkpoint)");
+      fail(codes::kZip, zip_.path() + ": the pickle refers to storage '" + printable(key) + "', but the archive has no entry '" +
+                            printable(name) + "' (truncated or incomplete checkpoint)");
     const uint64_t esize = c10::elementSize(dtype);
     if (numel < 0 || static_cast<uint64_t>(numel) > UINT64_MAX / esize || static_cast<uint64_t>(numel) * esize != e->size)
-      fail(codes::kPickle, where_ + ": storage '" + shown(key) + "' declares " + std::to_string(numel) + " elements of " +
+      fail(codes::kPickle, where_ + ": storage '" + printable(key) + "' declares " + std::to_string(numel) + " elements of " +
                                c10::toString(dtype) + " (" + std::to_string(static_cast<uint64_t>(numel) * esize) +
                                " bytes), but its archive entry holds " + std::to_string(e->size) + " bytes");
     Obj s;
@@ -426,7 +412,7 @@ class Unpickler {
         // Opcodes that instantiate classes or look up callables by other means: never in torch.save's state dicts.
         case 'i': {  // INST module\nname\n
           const std::string module = line();
-          unsafe("instantiates '" + shown(module) + "." + shown(line()) + "' (INST)");
+          unsafe("instantiates '" + printable(module) + "." + printable(line()) + "' (INST)");
         }
         case 'o': unsafe("instantiates a class (OBJ)");
         case 0x81: unsafe("instantiates a class (NEWOBJ)");
@@ -446,7 +432,7 @@ class Unpickler {
     const Obj& t = obj(id);
     const Obj& s = obj(t.base);
     const int64_t have = s.storage.numel();
-    const std::string what = zip_.path() + ": tensor '" + shown(name) + "' (size " + shape_str(t.sizes) + ", stride " +
+    const std::string what = zip_.path() + ": tensor '" + printable(name) + "' (size " + shape_str(t.sizes) + ", stride " +
                              shape_str(t.strides) + ", offset " + std::to_string(t.offset) + ")";
     // Extent of the view in elements, overflow-checked: a hostile size x stride must not wrap into range.
     int64_t numel = 1, last = t.offset;
@@ -461,8 +447,8 @@ class Unpickler {
     if (overflow) fail(codes::kPickle, what + ": size x stride overflows");
     if (numel > 0 && (last >= have || numel > have))
       fail(codes::kPickle, what + " needs " + std::to_string(numel > have ? numel : last + 1) + " elements of storage '" +
-                               shown(s.s) + "', which holds " + std::to_string(have));
-    if (numel == 0 && t.offset > have) fail(codes::kPickle, what + ": offset beyond storage '" + shown(s.s) + "'");
+                               printable(s.s) + "', which holds " + std::to_string(have));
+    if (numel == 0 && t.offset > have) fail(codes::kPickle, what + ": offset beyond storage '" + printable(s.s) + "'");
     at::Tensor out = s.storage.as_strided(t.sizes, t.strides, t.offset);
     // The model and `convert` want dense weights; a strided view (rare in state dicts) is copied once here.
     if (!out.is_contiguous()) out = out.contiguous();
@@ -483,7 +469,7 @@ class Unpickler {
       if (key.kind != Kind::Str) fail(codes::kCheckpointFormat, where_ + ": a state dict key is a " + kind_name(key.kind));
       const uint32_t value = root.items[k + 1];
       if (obj(value).kind != Kind::Tensor)
-        fail(codes::kCheckpointFormat, where_ + ": '" + shown(key.s) + "' is a " + kind_name(obj(value).kind) +
+        fail(codes::kCheckpointFormat, where_ + ": '" + printable(key.s) + "' is a " + kind_name(obj(value).kind) +
                                            ", not a tensor (is this a training checkpoint rather than a state dict?)");
       auto [it, fresh] = at.emplace(key.s, order.size());
       if (fresh) order.emplace_back(key.s, value);

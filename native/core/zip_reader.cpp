@@ -24,20 +24,6 @@ uint16_t u16(const unsigned char* p) { return static_cast<uint16_t>(p[0] | (p[1]
 uint32_t u32(const unsigned char* p) { return u16(p) | (static_cast<uint32_t>(u16(p + 2)) << 16); }
 uint64_t u64(const unsigned char* p) { return u32(p) | (static_cast<uint64_t>(u32(p + 4)) << 32); }
 
-// Entry names come from the file: show them escaped so a hostile name cannot garble the message.
-std::string shown(const std::string& s) {
-  std::string out;
-  for (unsigned char c : s.substr(0, 200)) {
-    if (c >= 0x20 && c < 0x7f && c != '\\') {
-      out += static_cast<char>(c);
-    } else {
-      char buf[8];
-      std::snprintf(buf, sizeof buf, "\\x%02x", c);
-      out += buf;
-    }
-  }
-  return s.size() > 200 ? out + "..." : out;
-}
 
 // The zip64 extended-information extra field (id 1) replaces, in this order, each of the 32-bit fields that hold
 // 0xFFFFFFFF: uncompressed size, compressed size, local header offset.
@@ -166,7 +152,7 @@ void ZipArchive::parse() {
     ZipEntry e;
     e.name.assign(reinterpret_cast<const char*>(c + kCentralSize), name_len);
     e.crc32 = u32(c + 16);
-    const std::string where = path_ + ": entry '" + shown(e.name) + "'";
+    const std::string where = path_ + ": entry '" + printable(e.name) + "'";
     uint64_t csize = u32(c + 20), usize = u32(c + 24), local = u32(c + 42);
     apply_zip64_extra(c + kCentralSize + name_len, extra_len,
                       {{&usize, &csize, &local}, {usize == 0xFFFFFFFF, csize == 0xFFFFFFFF, local == 0xFFFFFFFF}}, where);
@@ -213,7 +199,7 @@ const ZipEntry* ZipArchive::find(const std::string& name) const {
 std::string ZipArchive::read(const ZipEntry& e) const {
   std::string out(reinterpret_cast<const char*>(map_ + e.data_offset), e.size);
   if (crc32(map_ + e.data_offset, e.size) != e.crc32)
-    fail(codes::kZip, path_ + ": entry '" + shown(e.name) + "' fails its CRC-32 check (corrupted file)");
+    fail(codes::kZip, path_ + ": entry '" + printable(e.name) + "' fails its CRC-32 check (corrupted file)");
   return out;
 }
 
