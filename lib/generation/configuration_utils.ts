@@ -1,9 +1,8 @@
 /** GenerationConfig: transformers' generation defaults, overridden by a checkpoint's generation_config.json. */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { isPlainObject } from '../data/json';
 import { PeftNodeError } from '../errors';
-import { parsePythonJson } from '../utils/python_json';
+import { readJsonObject } from '../utils/python_json';
 
 const isInt = (v: unknown) => Number.isSafeInteger(v) && (v as number) >= 0;
 const isNum = (v: unknown) => typeof v === 'number' && !Number.isNaN(v);
@@ -58,14 +57,7 @@ export class GenerationConfig implements GenerationConfigFields {
     const pick = (o: Record<string, unknown>) =>
       Object.fromEntries(Object.entries(o).filter(([k]) => FIELD_NAMES.has(k))) as Partial<GenerationConfigFields>;
     if (fs.existsSync(file)) {
-      let text: string;
-      try {
-        text = fs.readFileSync(file, 'utf8');
-      } catch (err) {
-        throw new PeftNodeError('ERR_IO', `cannot read ${file}: ${(err as Error).message}`, { cause: err });
-      }
-      const raw = parsePythonJson(text, file);
-      if (!isPlainObject(raw)) throw new PeftNodeError('ERR_CONFIG', `${file}: expected a JSON object`);
+      const raw = readJsonObject(file, { python_literals: true });
       const fields = pick(raw);
       for (const [k, v] of Object.entries(fields)) {
         const check = FIELD_CHECKS[k as keyof GenerationConfigFields]; // k is a field name (see pick)

@@ -4,10 +4,9 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { parseJson } from '../data/json';
 import { PeftNodeError, repr } from '../errors';
 import { writeFileAtomic } from '../utils/fs_atomic';
-import { pythonJsonDumps } from '../utils/python_json';
+import { pythonJsonDumps, readJsonObject } from '../utils/python_json';
 
 /** The PEFT version whose adapter format peft-node writes (`peft_version` in adapter_config.json). */
 export const PEFT_FORMAT_VERSION = '0.21.0';
@@ -186,15 +185,7 @@ export class PrefixTuningConfig implements PrefixTuningConfigFields {
   static from_pretrained(dir: string): PrefixTuningConfig {
     const file = path.join(dir, CONFIG_NAME);
     if (!fs.existsSync(file)) throw new PeftNodeError('ERR_FILE_NOT_FOUND', `adapter config not found: ${file}`);
-    let text: string;
-    try {
-      text = fs.readFileSync(file, 'utf8');
-    } catch (err) {
-      throw new PeftNodeError('ERR_IO', `cannot read ${file}: ${(err as Error).message}`, { cause: err });
-    }
-    const raw = parseJson(text, file); // ERR_JSON with line and column; refuses absurd nesting
-    if (typeof raw !== 'object' || raw === null || Array.isArray(raw))
-      throw new PeftNodeError('ERR_CONFIG', `${file} must hold a JSON object`);
+    const raw = readJsonObject(file);
     const obj = raw as Record<string, unknown>;
     if (obj.peft_type !== PeftType.PREFIX_TUNING)
       throw new PeftNodeError(

@@ -6,12 +6,12 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { isPlainObject, parseJson } from '../data/json';
 import { PeftNodeError } from '../errors';
 import { PeftModelForCausalLM } from '../peft/peft_model';
 import { PrefixEncoder } from '../peft/prefix_encoder';
 import { Tensor } from '../tensor';
 import { writeDirAtomic, writeFileAtomic } from '../utils/fs_atomic';
+import { readJsonObject } from '../utils/python_json';
 import { readSafetensors, serializeSafetensors } from '../utils/safetensors';
 import { loss_svg } from './loss_plot';
 import { TrainingArguments } from './training_args';
@@ -161,9 +161,8 @@ export async function load_checkpoint(dir: string, encoder: PrefixEncoder): Prom
 
 /** resume_state.json, validated: a corrupt file is ERR_JSON / ERR_CONFIG naming it, never a SyntaxError or garbage state. */
 function read_resume_state(file: string, global_step: number): ResumeState {
-  const raw = parseJson(fs.readFileSync(file, 'utf8'), file);
+  const raw = readJsonObject(file);
   const bad = (what: string) => new PeftNodeError('ERR_CONFIG', `${file}: ${what}`);
-  if (!isPlainObject(raw)) throw bad('expected a JSON object');
   // JSON.stringify writes NaN and ±inf as null: a null loss accumulator stands for a non-finite one.
   const num = (k: string): number => {
     const v = raw[k];

@@ -1,8 +1,7 @@
 /** TrainerState: trainer_state.json in HF's schema, plus what exact resumption needs. */
-import * as fs from 'node:fs';
 import { PeftNodeError } from '../errors';
 import { isPlainObject } from '../data/json';
-import { parsePythonJson, pythonJsonDumps } from '../utils/python_json';
+import { pythonJsonDumps, readJsonObject } from '../utils/python_json';
 
 export type LogEntry = Record<string, number>;
 
@@ -45,14 +44,7 @@ export class TrainerState {
    * step counter ("1" + 1 = "11") or a negative step that would loop for ages.
    */
   static from_json_file(file: string): TrainerState {
-    let text: string;
-    try {
-      text = fs.readFileSync(file, 'utf8');
-    } catch (err) {
-      throw new PeftNodeError('ERR_IO', `cannot read ${file}: ${(err as Error).message}`, { cause: err });
-    }
-    const raw = parsePythonJson(text, file);
-    if (!isPlainObject(raw)) throw new PeftNodeError('ERR_CONFIG', `${file}: expected a JSON object`);
+    const raw = readJsonObject(file, { python_literals: true });
     const s = new TrainerState();
     const fields = s as unknown as Record<string, unknown>;
     for (const k of Object.keys(s)) {

@@ -4,6 +4,7 @@
  * floats in Python's repr (NaN and ±Infinity as Python writes them), strings, arrays and plain objects;
  * {@link parsePythonJson} reads such text back.
  */
+import * as fs from 'node:fs';
 import { MAX_JSON_DEPTH, nestingTooDeep, parseJson } from '../data/json';
 import { PeftNodeError } from '../errors';
 
@@ -106,4 +107,22 @@ export function parsePythonJson(text: string, file: string): unknown {
   }
   if (nestingTooDeep(out) >= 0) throw new PeftNodeError('ERR_JSON', `${file}: nesting deeper than ${MAX_JSON_DEPTH} levels`);
   return value;
+}
+
+/**
+ * A JSON object file (config.json, adapter_config.json, trainer_state.json, ...): ERR_IO when unreadable, ERR_JSON
+ * with line and column when malformed, ERR_CONFIG "<file>: expected a JSON object" otherwise. `python_literals`
+ * accepts the NaN / Infinity that Python's json writes.
+ */
+export function readJsonObject(file: string, options: { python_literals?: boolean } = {}): Record<string, unknown> {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new PeftNodeError('ERR_IO', `cannot read ${file}: ${(err as Error).message}`, { cause: err });
+  }
+  const raw = options.python_literals ? parsePythonJson(text, file) : parseJson(text, file);
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw))
+    throw new PeftNodeError('ERR_CONFIG', `${file}: expected a JSON object`);
+  return raw as Record<string, unknown>;
 }

@@ -10,10 +10,11 @@ namespace peft_node::binding {
 
 namespace {
 
-BloomModel& live(const std::shared_ptr<ModelState>& s) {
-  if (!s->model) fail(codes::kDisposed, "this model was disposed");
-  return *s->model;
+BloomModel& live(ModelState& s) {
+  if (!s.model) fail(codes::kDisposed, "this model was disposed");
+  return *s.model;
 }
+BloomModel& live(const std::shared_ptr<ModelState>& s) { return live(*s); }
 
 Napi::Object config_object(Napi::Env env, const BloomConfig& c) {
   Napi::Object o = Napi::Object::New(env);
@@ -101,53 +102,17 @@ Napi::Value BloomModelWrap::ParameterInfo(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value BloomModelWrap::NamesWithGrad(const Napi::CallbackInfo& info) {
-  auto state = state_;
-  auto names = std::make_shared<std::vector<std::string>>();
-  return PromiseWorker::start_on(state_->executor,
-      info.Env(), "peft_node.namesWithGrad",
-      [state, names] {
-        std::lock_guard<std::mutex> lock(state->mu);
-        for (const auto& [n, t] : live(state).named_parameters())
-          if (t.grad().defined()) names->push_back(n);
-      },
-      [names](Napi::Env env) { return names_with_grad_array(env, *names); });
+  return names_with_grad(info, state_, state_->executor, [](ModelState& s) -> const auto& { return live(s).named_parameters(); });
 }
 
 Napi::Value BloomModelWrap::GetParameter(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  return guarded(env, [&]() -> Napi::Value {
-    std::string name = string_arg(info[0], "parameter name");
-    auto state = state_;
-    auto result = std::make_shared<at::Tensor>();
-    return PromiseWorker::start_on(state_->executor,
-        env, "peft_node.BloomModel.getParameter",
-        [=] {
-          std::lock_guard<std::mutex> lock(state->mu);
-          const at::Tensor& t = find_param(live(state), name);
-          *result = t.detach().to(at::kCPU, at::kFloat).contiguous();
-        },
-        [result](Napi::Env env) { return to_typed_array(env, *result); });
-  });
+  return read_parameter(info, state_, state_->executor, "peft_node.BloomModel.getParameter", false,
+                        [](ModelState& s, const std::string& n) { return find_param(live(s), n); });
 }
 
 Napi::Value BloomModelWrap::GetGrad(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  return guarded(env, [&]() -> Napi::Value {
-    std::string name = string_arg(info[0], "parameter name");
-    auto state = state_;
-    auto result = std::make_shared<at::Tensor>();
-    return PromiseWorker::start_on(state_->executor,
-        env, "peft_node.BloomModel.getGrad",
-        [=] {
-          std::lock_guard<std::mutex> lock(state->mu);
-          at::Tensor g = find_param(live(state), name).grad();
-          if (g.defined()) *result = g.detach().to(at::kCPU, at::kFloat).contiguous();
-        },
-        [result](Napi::Env env) -> Napi::Value {
-          if (!result->defined()) return env.Null();
-          return to_typed_array(env, *result);
-        });
-  });
+  return read_parameter(info, state_, state_->executor, "peft_node.BloomModel.getGrad", true,
+                        [](ModelState& s, const std::string& n) { return find_param(live(s), n); });
 }
 
 Napi::Value BloomModelWrap::SetParameter(const Napi::CallbackInfo& info) {

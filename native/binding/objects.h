@@ -36,7 +36,6 @@ struct ParamMeta {
 };
 
 Napi::Value param_meta_array(Napi::Env env, const std::vector<ParamMeta>& meta);
-Napi::Value names_with_grad_array(Napi::Env env, const std::vector<std::string>& names);
 std::vector<ParamMeta> param_meta_of(const std::vector<std::pair<std::string, at::Tensor>>& params);
 
 struct AddonData {

@@ -10,10 +10,11 @@ namespace peft_node::binding {
 
 namespace {
 
-PrefixEncoder& live(const std::shared_ptr<EncoderState>& s) {
-  if (!s->encoder) fail(codes::kDisposed, "this prefix encoder was disposed");
-  return *s->encoder;
+PrefixEncoder& live(EncoderState& s) {
+  if (!s.encoder) fail(codes::kDisposed, "this prefix encoder was disposed");
+  return *s.encoder;
 }
+PrefixEncoder& live(const std::shared_ptr<EncoderState>& s) { return live(*s); }
 
 int64_t opt_int(const Napi::Object& o, const char* key, int64_t fallback) {
   Napi::Value v = o.Get(key);
@@ -103,52 +104,17 @@ Napi::Value PrefixEncoderWrap::ParameterInfo(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value PrefixEncoderWrap::NamesWithGrad(const Napi::CallbackInfo& info) {
-  auto state = state_;
-  auto names = std::make_shared<std::vector<std::string>>();
-  return PromiseWorker::start(
-      info.Env(), "peft_node.namesWithGrad",
-      [state, names] {
-        std::lock_guard<std::mutex> lock(state->mu);
-        for (const auto& [n, t] : live(state).named_parameters())
-          if (t.grad().defined()) names->push_back(n);
-      },
-      [names](Napi::Env env) { return names_with_grad_array(env, *names); });
+  return names_with_grad(info, state_, nullptr, [](EncoderState& s) -> const auto& { return live(s).named_parameters(); });
 }
 
 Napi::Value PrefixEncoderWrap::GetParameter(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  return guarded(env, [&]() -> Napi::Value {
-    std::string name = string_arg(info[0], "parameter name");
-    auto state = state_;
-    auto result = std::make_shared<at::Tensor>();
-    return PromiseWorker::start(
-        env, "peft_node.PrefixEncoder.getParameter",
-        [=] {
-          std::lock_guard<std::mutex> lock(state->mu);
-          *result = live(state).parameter(name).detach().to(at::kCPU).contiguous();
-        },
-        [result](Napi::Env env) { return to_typed_array(env, *result); });
-  });
+  return read_parameter(info, state_, nullptr, "peft_node.PrefixEncoder.getParameter", false,
+                        [](EncoderState& s, const std::string& n) { return live(s).parameter(n); });
 }
 
 Napi::Value PrefixEncoderWrap::GetGrad(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  return guarded(env, [&]() -> Napi::Value {
-    std::string name = string_arg(info[0], "parameter name");
-    auto state = state_;
-    auto result = std::make_shared<at::Tensor>();
-    return PromiseWorker::start(
-        env, "peft_node.PrefixEncoder.getGrad",
-        [=] {
-          std::lock_guard<std::mutex> lock(state->mu);
-          at::Tensor g = live(state).parameter(name).grad();
-          if (g.defined()) *result = g.detach().to(at::kCPU).contiguous();
-        },
-        [result](Napi::Env env) -> Napi::Value {
-          if (!result->defined()) return env.Null();
-          return to_typed_array(env, *result);
-        });
-  });
+  return read_parameter(info, state_, nullptr, "peft_node.PrefixEncoder.getGrad", true,
+                        [](EncoderState& s, const std::string& n) { return live(s).parameter(n); });
 }
 
 Napi::Value PrefixEncoderWrap::SetParameter(const Napi::CallbackInfo& info) {

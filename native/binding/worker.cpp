@@ -109,11 +109,5 @@ std::vector<ParamMeta> param_meta_of(const std::vector<std::pair<std::string, at
   return meta;
 }
 
-// Names of the parameters currently holding a .grad (read under the object's lock).
-Napi::Value names_with_grad_array(Napi::Env env, const std::vector<std::string>& names) {
-  Napi::Array out = Napi::Array::New(env, names.size());
-  for (size_t i = 0; i < names.size(); ++i) out.Set(static_cast<uint32_t>(i), names[i]);
-  return out;
-}
 
 }  // namespace peft_node::binding

@@ -10,6 +10,7 @@
 
 #include <atomic>
 #include <functional>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -135,5 +136,48 @@ int64_t int_arg(const Napi::Value& v, const char* what);
 // A float tensor (any dtype, any device) as a new Float32Array, or Float64Array when `f64`.
 Napi::Value to_typed_array(Napi::Env env, const at::Tensor& t, bool f64 = false);
 Napi::Array shape_array(Napi::Env env, at::IntArrayRef shape);
+
+// Reads a named parameter of `state` — its values, or with `grad` its .grad — on the object's thread (executor may be
+// null: libuv's pool), resolving to a Float32Array, or null when there is no such tensor (no grad yet).
+template <typename State, typename Find>
+Napi::Value read_parameter(const Napi::CallbackInfo& info, std::shared_ptr<State> state,
+                           std::shared_ptr<Executor> executor, const char* what, bool grad, Find find) {
+  Napi::Env env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    std::string name = string_arg(info[0], "parameter name");
+    auto result = std::make_shared<at::Tensor>();
+    return PromiseWorker::start(
+        env, what,
+        [=] {
+          std::lock_guard<std::mutex> lock(state->mu);
+          at::Tensor t = find(*state, name);
+          if (grad) t = t.grad();
+          if (t.defined()) *result = t.detach().to(at::kCPU, at::kFloat).contiguous();
+        },
+        [result](Napi::Env env) -> Napi::Value { return result->defined() ? to_typed_array(env, *result) : env.Null(); },
+        executor);
+  });
+}
+
+// Names of the parameters currently holding a .grad, read on the object's thread. `params(state)` lists them.
+template <typename State, typename Params>
+Napi::Value names_with_grad(const Napi::CallbackInfo& info, std::shared_ptr<State> state,
+                            std::shared_ptr<Executor> executor, Params params) {
+  auto names = std::make_shared<std::vector<std::string>>();
+  return PromiseWorker::start(
+      info.Env(), "peft_node.namesWithGrad",
+      [=] {
+        std::lock_guard<std::mutex> lock(state->mu);
+        for (const auto& [n, t] : params(*state))
+          if (t.grad().defined()) names->push_back(n);
+      },
+      [names](Napi::Env env) {
+        Napi::Array out = Napi::Array::New(env, names->size());
+        for (size_t i = 0; i < names->size(); ++i) out.Set(static_cast<uint32_t>(i), (*names)[i]);
+        return out;
+      },
+      executor);
+}
+
 
 }  // namespace peft_node::binding

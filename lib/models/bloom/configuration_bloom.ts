@@ -1,7 +1,7 @@
 /** BloomConfig: config.json as transformers reads it, with BLOOM's attribute aliases resolved. */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { parseJson } from '../../data/json';
+import { readJsonObject } from '../../utils/python_json';
 import { PeftNodeError } from '../../errors';
 
 export class BloomConfig {
@@ -58,15 +58,7 @@ export class BloomConfig {
   static from_pretrained(dir: string): BloomConfig {
     const file = path.join(dir, 'config.json');
     if (!fs.existsSync(file)) throw new PeftNodeError('ERR_FILE_NOT_FOUND', `config.json not found: ${file}`);
-    let text: string;
-    try {
-      text = fs.readFileSync(file, 'utf8');
-    } catch (err) {
-      throw new PeftNodeError('ERR_IO', `cannot read ${file}: ${(err as Error).message}`, { cause: err });
-    }
-    const raw = parseJson(text, file); // ERR_JSON with line and column; refuses absurd nesting
-    if (typeof raw !== 'object' || raw === null || Array.isArray(raw))
-      throw new PeftNodeError('ERR_CONFIG', `${file} must hold a JSON object`);
+    const raw = readJsonObject(file);
     const modelType = (raw as Record<string, unknown>).model_type;
     if (modelType !== 'bloom')
       throw new PeftNodeError(
