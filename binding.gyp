@@ -16,6 +16,8 @@
       ],
       "include_dirs": [
         "native",
+        # Declarations of the Gloo names c10d's ProcessGroupGloo.hpp mentions (libtorch ships no Gloo headers).
+        "native/gloo_decl",
         "<!(node -p \"require('node-addon-api').include_dir\")",
         "<!@(node scripts/libtorch.js locate --print include)"
       ],

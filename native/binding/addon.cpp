@@ -77,6 +77,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("PrefixEncoder", data->encoder_ctor.Value());
   data->checkpoint_ctor = Napi::Persistent(CheckpointWrap::Define(env));
   exports.Set("Checkpoint", data->checkpoint_ctor.Value());
+  data->process_group_ctor = Napi::Persistent(ProcessGroupWrap::Define(env));
+  exports.Set("ProcessGroup", data->process_group_ctor.Value());
   exports.Set("manualSeed", Napi::Function::New(env, ManualSeed, "manualSeed"));
   exports.Set("setNumThreads", Napi::Function::New(env, SetNumThreads, "setNumThreads"));
   exports.Set("info", Napi::Function::New(env, Info, "info"));

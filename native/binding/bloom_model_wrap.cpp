@@ -157,6 +157,13 @@ Napi::Value BloomModelWrap::Forward(const Napi::CallbackInfo& info) {
     if (!in.Get("numItemsInBatch").IsUndefined())
       inputs.num_items_in_batch = int_arg(in.Get("numItemsInBatch"), "num_items_in_batch");
     const bool backward = opts.Get("backward").ToBoolean();
+    // HF Trainer's `loss *= num_processes` under DDP (average_tokens_across_devices): the loss returned and
+    // differentiated is scaled, as in Python.
+    double loss_scale = 1.0;
+    if (!opts.Get("lossScale").IsUndefined()) {
+      if (!opts.Get("lossScale").IsNumber()) fail(codes::kInvalidInput, "lossScale must be a number");
+      loss_scale = opts.Get("lossScale").As<Napi::Number>().DoubleValue();
+    }
     const bool return_logits = opts.Has("returnLogits") ? opts.Get("returnLogits").ToBoolean().Value() : true;
     if (backward && !inputs.labels.defined())
       fail(codes::kInvalidInput, "backward needs labels (there is no loss to differentiate)");
@@ -214,6 +221,7 @@ Napi::Value BloomModelWrap::Forward(const Napi::CallbackInfo& info) {
             raw = encoder->encoder->forward(B);
           }
           ForwardOutputs out = m.forward(inputs, raw, return_logits);
+          if (out.loss.defined() && loss_scale != 1.0) out.loss = out.loss * loss_scale;
           if (out.loss.defined()) {
             result->has_loss = true;
             result->loss = out.loss.item<double>();

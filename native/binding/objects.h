@@ -12,6 +12,7 @@
 #include "core/adamw.h"
 #include "core/bloom.h"
 #include "core/prefix_encoder.h"
+#include "core/process_group.h"
 
 namespace peft_node::binding {
 
@@ -42,6 +43,7 @@ struct AddonData {
   Napi::FunctionReference model_ctor;
   Napi::FunctionReference encoder_ctor;
   Napi::FunctionReference checkpoint_ctor;
+  Napi::FunctionReference process_group_ctor;
 };
 
 class BloomModelWrap : public Napi::ObjectWrap<BloomModelWrap> {
@@ -93,6 +95,35 @@ class PrefixEncoderWrap : public Napi::ObjectWrap<PrefixEncoderWrap> {
   std::shared_ptr<EncoderState> state_;
   std::vector<ParamMeta> meta_;
   PrefixEncoderOptions options_;
+  bool disposed_ = false;
+};
+
+struct ProcessGroupState {
+  std::mutex mu;  // one collective at a time, in call order (every rank must issue them in the same order)
+  std::unique_ptr<ProcessGroup> group;
+};
+
+// JS class ProcessGroup: a c10d group this process joined (rendezvous from torchrun's variables, done in TS).
+class ProcessGroupWrap : public Napi::ObjectWrap<ProcessGroupWrap> {
+ public:
+  static Napi::Function Define(Napi::Env env);
+  explicit ProcessGroupWrap(const Napi::CallbackInfo& info);
+
+ private:
+  static Napi::Value Create(const Napi::CallbackInfo& info);  // (options) -> Promise<ProcessGroup>
+  Napi::Value Rank(const Napi::CallbackInfo& info);
+  Napi::Value WorldSize(const Napi::CallbackInfo& info);
+  Napi::Value AverageGradients(const Napi::CallbackInfo& info);  // (PrefixEncoder) -> Promise<void>
+  Napi::Value BroadcastParameters(const Napi::CallbackInfo& info);  // (PrefixEncoder) -> Promise<void>
+  Napi::Value WithEncoder(const Napi::CallbackInfo& info, const char* what,
+                          void (*op)(ProcessGroup&, const std::vector<at::Tensor>&));
+  Napi::Value AllGather(const Napi::CallbackInfo& info);         // (Float64Array) -> Promise<Float64Array>
+  Napi::Value AllGatherString(const Napi::CallbackInfo& info);   // (string) -> Promise<string[]>
+  Napi::Value Barrier(const Napi::CallbackInfo& info);
+  Napi::Value Dispose(const Napi::CallbackInfo& info);
+
+  std::shared_ptr<ProcessGroupState> state_;
+  int rank_ = 0, world_size_ = 1;
   bool disposed_ = false;
 };
 

@@ -53,6 +53,7 @@ inline constexpr const char* kInvalidInput = "ERR_INVALID_INPUT";
 inline constexpr const char* kDevice = "ERR_DEVICE";
 inline constexpr const char* kDisposed = "ERR_DISPOSED";
 inline constexpr const char* kTorch = "ERR_TORCH";
+inline constexpr const char* kDistributed = "ERR_DISTRIBUTED";
 }  // namespace codes
 
 }  // namespace peft_node
