@@ -61,3 +61,15 @@ export { GenerationConfig, GenerationConfigFields } from './generation/configura
 export { GenerateOptions, GenerateOutput } from './generation/utils';
 export { BaseStreamer, TextStreamer, TextStreamerOptions } from './generation/streamers';
 export { convert_checkpoint, ConvertOptions, ConvertResult } from './models/convert';
+export {
+  DistributedEnv,
+  InitProcessGroupOptions,
+  ProcessGroup,
+  destroy_process_group,
+  distributed_env,
+  get_rank,
+  get_world_size,
+  init_process_group,
+  is_initialized,
+} from './distributed/process_group';
+export { LaunchOptions, LaunchResult, WorkerExit, launch } from './distributed/launch';

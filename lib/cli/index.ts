@@ -20,6 +20,7 @@ import * as generate from './commands/generate';
 import * as info from './commands/info';
 import * as libtorch from './commands/libtorch';
 import * as train from './commands/train';
+import { LAUNCHED_WORKER_ENV, watch_launcher } from '../distributed/launch';
 
 interface CommandModule {
   command: string;
@@ -70,6 +71,7 @@ function oneLine(s: string): string {
  * process.stdout / process.stderr.
  */
 export async function main(argv: string[]): Promise<number> {
+  watch_launcher(); // a worker of `train --nproc N` exits with its launcher
   // `peft-node help [command]` is `peft-node [command] --help`.
   if (argv[0] === 'help') argv = [...argv.slice(1), '--help'];
   const verbose = argv.includes('--verbose');
@@ -165,7 +167,9 @@ function unknownOptions(msg: string, argv: string[]): string {
 }
 
 function report(err: unknown, verbose: boolean, help: string): number {
-  const write = (s: string) => process.stderr.write(`${s}\n`);
+  // A worker of `train --nproc N` says which rank failed.
+  const worker = process.env[LAUNCHED_WORKER_ENV] === '1' ? ` [rank ${process.env.RANK}]` : '';
+  const write = (s: string) => process.stderr.write(`${s.replace(/^peft-node:/, `peft-node:${worker}`)}\n`);
   if (err instanceof UsageError) {
     write(`peft-node: ${oneLine(err.message)} (see ${help})`);
     if (verbose) write(err.stack ?? '');

@@ -109,6 +109,8 @@ export interface PeftForwardOptions {
   backward?: boolean;
   /** Return logits (default true). */
   return_logits?: boolean;
+  /** Multiply the loss by this (HF Trainer's `loss *= num_processes` under data-parallel training). */
+  loss_scale?: number;
 }
 
 export interface SavePretrainedOptions {

@@ -22,6 +22,7 @@ export interface NativeForwardOptions {
   prefix?: Float32Array | Float64Array;
   numVirtualTokens?: number;
   encoder?: NativePrefixEncoder;
+  lossScale?: number;
 }
 
 export interface NativeForwardResult {
@@ -140,10 +141,34 @@ export interface NativeCheckpoint {
   dispose(): void;
 }
 
+export interface NativeProcessGroupOptions {
+  rank: number;
+  worldSize: number;
+  masterAddr: string;
+  masterPort: number;
+  /** This process hosts the TCPStore (rank 0, unless a launcher's agent does). */
+  hostStore: boolean;
+  timeoutMs: number;
+  backend: string;
+}
+
+/** A c10d process group this process joined (native/binding/process_group_wrap.cpp). */
+export interface NativeProcessGroup {
+  rank(): number;
+  worldSize(): number;
+  averageGradients(encoder: NativePrefixEncoder): Promise<void>;
+  broadcastParameters(encoder: NativePrefixEncoder): Promise<void>;
+  allGather(values: Float64Array): Promise<Float64Array>;
+  allGatherString(value: string): Promise<string[]>;
+  barrier(): Promise<void>;
+  dispose(): Promise<void>;
+}
+
 export interface NativeAddon {
   BloomModel: { load(dir: string, device: string, dtype: string): Promise<NativeBloomModel> };
   PrefixEncoder: { create(options: NativePrefixEncoderOptions): Promise<NativePrefixEncoder> };
   Checkpoint: { open(dir: string): Promise<NativeCheckpoint> };
+  ProcessGroup: { create(options: NativeProcessGroupOptions): Promise<NativeProcessGroup> };
   manualSeed(seed: number): void;
   setNumThreads(n: number): void;
   setExactMode(exact: boolean): void;

@@ -42,8 +42,8 @@ const FLOAT_LOG_KEYS = new Set(['loss', 'grad_norm', 'learning_rate', 'epoch', '
 /** Prints each log entry as a line (HF's PrinterCallback): used when stdout is not a TTY or with disable_tqdm. */
 export class PrinterCallback implements TrainerCallback {
   constructor(private readonly write: (line: string) => void = (l) => console.log(l)) {}
-  on_log(_a: TrainingArguments, _s: TrainerState, logs: LogEntry): void {
-    this.write(format_log_line(logs));
+  on_log(_a: TrainingArguments, state: TrainerState, logs: LogEntry): void {
+    if (state.is_local_process_zero) this.write(format_log_line(logs));
   }
 }
 
@@ -55,7 +55,9 @@ export class ProgressCallback implements TrainerCallback {
 
   constructor(private readonly stream: NodeJS.WriteStream = process.stderr) {}
 
+  // As HF's: only the main process of a data-parallel run draws.
   on_train_begin(_a: TrainingArguments, state: TrainerState): void {
+    if (!state.is_world_process_zero) return;
     this.bar = new cliProgress.SingleBar(
       {
         stream: this.stream,
@@ -75,7 +77,8 @@ export class ProgressCallback implements TrainerCallback {
     this.bar?.update(state.global_step, { rate: secs > 0 ? (state.global_step / secs).toFixed(2) : '0.00', loss: this.lastLoss });
   }
 
-  on_log(_a: TrainingArguments, _s: TrainerState, logs: LogEntry): void {
+  on_log(_a: TrainingArguments, state: TrainerState, logs: LogEntry): void {
+    if (!state.is_world_process_zero) return;
     if (typeof logs.loss === 'number') this.lastLoss = `, loss ${format4g(logs.loss)}`;
     // Print above the bar, as tqdm.write does.
     this.stream.write('\r\x1b[2K' + format_log_line(logs) + '\n');

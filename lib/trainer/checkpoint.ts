@@ -23,7 +23,11 @@ export interface ResumeState {
   total_loss_scalar: number;
   globalstep_last_logged: number;
   current_flos: number;
+  /** Data-parallel runs: each rank's own accumulators, in rank order (tr_loss, current_flos above are rank 0's). */
+  ranks?: { tr_loss: number; current_flos: number }[];
 }
+
+const f32hex = (v: number) => Buffer.from(new Float32Array([v]).buffer).toString('hex');
 
 const PREFIX = 'checkpoint-';
 const TRAINABLE = 'trainable_state.safetensors';
@@ -117,7 +121,14 @@ export async function save_checkpoint(opts: {
       for (const f of fs.readdirSync(adapterTmp)) fs.cpSync(path.join(adapterTmp, f), path.join(tmp, f), { recursive: true });
       fs.writeFileSync(path.join(tmp, TRAINABLE), serializeSafetensors(params, { format: 'pt' }));
       fs.writeFileSync(path.join(tmp, OPTIMIZER), serializeSafetensors(optTensors, optMeta));
-      fs.writeFileSync(path.join(tmp, RESUME), JSON.stringify({ ...opts.resume, tr_loss_bits: Buffer.from(new Float32Array([opts.resume.tr_loss]).buffer).toString('hex') }, null, 2));
+      const { ranks, ...own } = opts.resume;
+      const record = {
+        ...own,
+        tr_loss_bits: f32hex(own.tr_loss),
+        world_size: ranks?.length ?? 1,
+        ...(ranks ? { ranks: ranks.map((r) => ({ tr_loss_bits: f32hex(r.tr_loss), current_flos: r.current_flos })) } : {}),
+      };
+      fs.writeFileSync(path.join(tmp, RESUME), JSON.stringify(record, null, 2));
       fs.writeFileSync(path.join(tmp, 'training_args.json'), JSON.stringify(opts.args.to_dict(), null, 2));
       fs.writeFileSync(path.join(tmp, 'loss.svg'), loss_svg(state.log_history));
       fs.writeFileSync(path.join(tmp, 'trainer_state.json'), state.to_json_string()); // last: marks the checkpoint complete
@@ -129,7 +140,17 @@ export async function save_checkpoint(opts: {
   return dir;
 }
 
-export async function load_checkpoint(dir: string, encoder: PrefixEncoder): Promise<{ state: TrainerState; resume: ResumeState }> {
+/**
+ * Loads a checkpoint into `encoder` and returns the Trainer state to continue from. `process` says which rank of how
+ * many is resuming: the same world size as the run that saved it continues each rank's loss window exactly; another
+ * world size shares the window out so that the next logged loss is still right (and warns: each update then sees
+ * a different batch than before).
+ */
+export async function load_checkpoint(
+  dir: string,
+  encoder: PrefixEncoder,
+  process_: { rank: number; world_size: number } = { rank: 0, world_size: 1 },
+): Promise<{ state: TrainerState; resume: ResumeState }> {
   const need = (f: string) => {
     const p = path.join(dir, f);
     if (!fs.existsSync(p)) throw new PeftNodeError('ERR_FILE_NOT_FOUND', `checkpoint ${dir} is incomplete: ${f} not found`);
@@ -156,11 +177,11 @@ export async function load_checkpoint(dir: string, encoder: PrefixEncoder): Prom
       exp_avg: names.map(([n]) => (opt.tensors.get(`exp_avg.${n}`)?.data as Float32Array) ?? null),
       exp_avg_sq: names.map(([n]) => (opt.tensors.get(`exp_avg_sq.${n}`)?.data as Float32Array) ?? null),
     });
-  return { state, resume: read_resume_state(need(RESUME), state.global_step) };
+  return { state, resume: read_resume_state(need(RESUME), state.global_step, process_) };
 }
 
 /** resume_state.json, validated: a corrupt file is ERR_JSON / ERR_CONFIG naming it, never a SyntaxError or garbage state. */
-function read_resume_state(file: string, global_step: number): ResumeState {
+function read_resume_state(file: string, global_step: number, process_: { rank: number; world_size: number }): ResumeState {
   const raw = readJsonObject(file);
   const bad = (what: string) => new PeftNodeError('ERR_CONFIG', `${file}: ${what}`);
   // JSON.stringify writes NaN and ±inf as null: a null loss accumulator stands for a non-finite one.
@@ -181,5 +202,32 @@ function read_resume_state(file: string, global_step: number): ResumeState {
     throw bad(`'globalstep_last_logged' must be an integer in [0, global_step = ${global_step}], got ${JSON.stringify(last)}`);
   const current_flos = num('current_flos');
   if (!(current_flos >= 0) || !Number.isFinite(current_flos)) throw bad(`'current_flos' must be a finite number >= 0, got ${JSON.stringify(raw.current_flos)}`);
-  return { tr_loss, total_loss_scalar: num('total_loss_scalar'), globalstep_last_logged: last as number, current_flos };
+  // Each rank's window (one entry for a single-process run).
+  let ranks = [{ tr_loss, current_flos }];
+  if (raw.ranks !== undefined) {
+    if (!Array.isArray(raw.ranks) || raw.ranks.length < 2 || raw.world_size !== raw.ranks.length)
+      throw bad(`'ranks' must list one entry per process of 'world_size', got ${JSON.stringify(raw.ranks).slice(0, 80)}`);
+    ranks = raw.ranks.map((r: unknown, i: number) => {
+      const e = r as Record<string, unknown>;
+      if (typeof e?.tr_loss_bits !== 'string' || !/^[0-9a-fA-F]{8}$/.test(e.tr_loss_bits) || typeof e.current_flos !== 'number' || !(e.current_flos >= 0))
+        throw bad(`'ranks[${i}]' must be { tr_loss_bits: 8 hex digits, current_flos: a number >= 0 }, got ${JSON.stringify(r).slice(0, 80)}`);
+      return { tr_loss: new Float32Array(new Uint8Array(Buffer.from(e.tr_loss_bits, 'hex')).buffer)[0], current_flos: e.current_flos };
+    });
+  }
+  const saved = ranks.length;
+  let mine: { tr_loss: number; current_flos: number };
+  if (saved === process_.world_size) mine = ranks[process_.rank];
+  else {
+    // The logged loss is the mean of the ranks' windows: give every new rank that mean, and share the FLOPs out.
+    let sum = 0;
+    for (const r of ranks) sum = Math.fround(sum + r.tr_loss);
+    mine = { tr_loss: Math.fround(sum / saved), current_flos: ranks.reduce((s, r) => s + r.current_flos, 0) / process_.world_size };
+    if (process_.rank === 0)
+      process.emitWarning(
+        `${path.dirname(file)} was saved by ${saved} process${saved === 1 ? '' : 'es'} and is resumed by ${process_.world_size}: ` +
+          'training continues, but each update now averages a different number of batches than the original run',
+        'PeftNodeWarning',
+      );
+  }
+  return { tr_loss: mine.tr_loss, total_loss_scalar: num('total_loss_scalar'), globalstep_last_logged: last as number, current_flos: mine.current_flos };
 }

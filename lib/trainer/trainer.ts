@@ -5,6 +5,8 @@
  * checkpoints hold the full trainable state so `resume_from_checkpoint` continues bit-identically, and training can be
  * stopped (AbortSignal, Ctrl-C) after the current step with a checkpoint saved.
  */
+import * as path from 'node:path';
+import { ProcessGroup, default_process_group, distributed_env, init_process_group } from '../distributed/process_group';
 import { PeftNodeError } from '../errors';
 import { PeftModelForCausalLM } from '../peft/peft_model';
 import { PrefixEncoder } from '../peft/prefix_encoder';
@@ -13,6 +15,7 @@ import { Tensor } from '../tensor';
 import { randperm } from '../utils/torch_random';
 import { PrinterCallback, ProgressCallback, TrainerCallback } from './callbacks';
 import { load_checkpoint, save_checkpoint, rotate_checkpoints, latest_checkpoint, ResumeState } from './checkpoint';
+import { check_same_configuration, dataloader_length, float32_mean, shard_batches } from './data_parallel';
 import { learning_rate_at, uses_weight_decay } from './optimization';
 import { TrainingArguments } from './training_args';
 import { LogEntry, TrainerState } from './trainer_state';
@@ -154,7 +157,7 @@ export class Trainer {
     return kept;
   }
 
-  private async runBatch(batch: Batch, num_items_in_batch: number | undefined, backward: boolean) {
+  private async runBatch(batch: Batch, num_items_in_batch: number | undefined, backward: boolean, loss_scale = 1) {
     return this.model.forward(
       {
         input_ids: batch.input_ids as never,
@@ -162,8 +165,20 @@ export class Trainer {
         labels: batch.labels as never,
         num_items_in_batch,
       },
-      { backward, return_logits: false },
+      { backward, return_logits: false, loss_scale },
     );
+  }
+
+  /**
+   * The data-parallel group this process trains in: the default one, joined here from the launcher's environment
+   * (WORLD_SIZE > 1) as HF's TrainingArguments does; undefined for a single process.
+   */
+  private async processGroup(): Promise<ProcessGroup | undefined> {
+    const existing = default_process_group();
+    if (existing) return existing.world_size > 1 ? existing : undefined;
+    if (!distributed_env()) return undefined;
+    const pg = await init_process_group({ backend: this.args.ddp_backend, timeout: this.args.ddp_timeout });
+    return pg.world_size > 1 ? pg : undefined;
   }
 
   /** Runs training as HF's Trainer.train() does; resolves with { global_step, training_loss, metrics }. */
@@ -176,14 +191,17 @@ export class Trainer {
       throw new PeftNodeError('ERR_INVALID_INPUT', 'train_dataset must be a Dataset (num_rows + at(i)) or an array of rows');
     const N = datasetLength(ds);
     const bs = args.per_device_train_batch_size, GA = args.gradient_accumulation_steps;
-    const lenDataloader = args.dataloader_drop_last ? Math.floor(N / bs) : Math.ceil(N / bs);
-    if (lenDataloader === 0) throw new PeftNodeError('ERR_INVALID_INPUT', `train_dataset has ${N} rows: not one batch of ${bs}`);
+    // Data parallelism (a launcher's WORLD_SIZE > 1): W ranks, each taking every W-th micro-batch of the seeded order.
+    const pg = await this.processGroup();
+    const W = pg?.world_size ?? 1, rank = pg?.rank ?? 0;
+    const lenDataloader = dataloader_length(N, bs, W, args.dataloader_drop_last);
+    if (lenDataloader === 0) throw new PeftNodeError('ERR_INVALID_INPUT', `train_dataset has ${N} rows: not one batch of ${bs}${W > 1 ? ` for each of ${W} processes` : ''}`);
     const updatesPerEpoch = Math.max(Math.floor(lenDataloader / GA) + (lenDataloader % GA > 0 ? 1 : 0), 1);
     let maxSteps: number, numEpochs: number, numTrainSamples: number;
     if (args.max_steps > 0) {
       maxSteps = args.max_steps;
       numEpochs = Math.floor(maxSteps / updatesPerEpoch) + (maxSteps % updatesPerEpoch > 0 ? 1 : 0);
-      numTrainSamples = maxSteps * bs * GA;
+      numTrainSamples = maxSteps * bs * GA * W;
     } else {
       maxSteps = Math.ceil(args.num_train_epochs * updatesPerEpoch);
       numEpochs = Math.ceil(args.num_train_epochs);
@@ -202,19 +220,39 @@ export class Trainer {
     state.max_steps = maxSteps;
     state.num_train_epochs = numEpochs;
     state.train_batch_size = bs;
+    state.is_world_process_zero = rank === 0;
+    state.is_local_process_zero = (pg?.local_rank ?? 0) === 0;
     const stepsOf = (v: number | null) => (v === null ? 0 : v < 1 ? Math.ceil(maxSteps * v) : v);
     state.logging_steps = stepsOf(args.logging_steps);
-    state.eval_steps = stepsOf(args.eval_steps ?? args.logging_steps);
+    state.eval_steps = args.eval_steps === null ? state.eval_steps : stepsOf(args.eval_steps); // HF keeps 500 when unset
     state.save_steps = stepsOf(args.save_steps);
     let resume: ResumeState = { tr_loss: 0, total_loss_scalar: 0, globalstep_last_logged: 0, current_flos: 0 };
     let resumeDir: string | undefined;
     if (options.resume_from_checkpoint) {
       resumeDir = options.resume_from_checkpoint === true ? latest_checkpoint(args.output_dir) : options.resume_from_checkpoint;
       if (!resumeDir) throw new PeftNodeError('ERR_FILE_NOT_FOUND', `no checkpoint found in ${args.output_dir} to resume from`);
-      const loaded = await load_checkpoint(resumeDir, encoder);
-      Object.assign(state, loaded.state, { max_steps: maxSteps, num_train_epochs: numEpochs });
+    }
+    if (pg) {
+      // Every rank must train the same thing; then, as DDP does at wrap time, all start from rank 0's parameters.
+      const model = this.model.base_model.config;
+      await check_same_configuration(pg, {
+        world_size: W,
+        model: [model.n_layer, model.hidden_size, model.n_head, model.vocab_size],
+        prefix: encoder.parameter_shapes(),
+        training_arguments: { ...args.to_dict(), output_dir: undefined },
+        train_dataset_rows: N,
+        resume_from_checkpoint: resumeDir === undefined ? null : path.basename(resumeDir),
+      });
+    }
+    if (resumeDir) {
+      const loaded = await load_checkpoint(resumeDir, encoder, { rank, world_size: W });
+      Object.assign(state, loaded.state, { max_steps: maxSteps, num_train_epochs: numEpochs, is_world_process_zero: rank === 0, is_local_process_zero: state.is_local_process_zero });
       resume = loaded.resume;
     }
+    // trainer_state.json records the world size where HF's TrainerState keeps extra state (so Python still loads it).
+    const { DataParallel: _previous, ...callbacks } = state.stateful_callbacks;
+    state.stateful_callbacks = pg ? { ...callbacks, DataParallel: { args: { world_size: W }, attributes: {} } } : callbacks;
+    if (pg) await pg.broadcast_parameters(encoder);
     const epochsTrained = Math.floor(state.global_step / updatesPerEpoch);
     let updatesTrainedInEpoch = state.global_step % updatesPerEpoch;
 
@@ -232,6 +270,26 @@ export class Trainer {
     const sigint = options.handle_sigint ?? true;
     if (sigint) process.on('SIGINT', onAbort);
 
+    // HF's store_flos: each rank's FLOPs since the last call, summed over the ranks.
+    const storeFlos = async () => {
+      state.total_flos += pg ? (await pg.all_gather([currentFlos])).reduce((s, [f]) => s + f, 0) : currentFlos;
+      currentFlos = 0;
+    };
+    // The logged loss: the float32 mean over ranks of each rank's running sum (HF's nested_gather(tr_loss).mean()).
+    const logWindow = async () => {
+      const trLossScalar = pg ? float32_mean((await pg.all_gather([trLoss])).map(([v]) => v)) : trLoss;
+      trLoss = Math.fround(trLoss - trLoss);
+      const logs: LogEntry = { loss: trLossScalar / (state.global_step - lastLogged) };
+      if (gradNorm !== undefined) logs.grad_norm = gradNorm;
+      if (learningRate !== undefined) logs.learning_rate = learningRate;
+      totalLossScalar += trLossScalar;
+      lastLogged = state.global_step;
+      await storeFlos();
+      await this.log(logs);
+    };
+    const save = () =>
+      this.saveCheckpoint(encoder, { tr_loss: trLoss, total_loss_scalar: totalLossScalar, globalstep_last_logged: lastLogged, current_flos: currentFlos }, pg);
+
     let interrupted = false;
     let gradNorm: number | undefined;
     let learningRate: number | undefined;
@@ -241,9 +299,7 @@ export class Trainer {
     try {
       // A run resumed from its final checkpoint has nothing left to do (HF would train one step past max_steps).
       outer: for (let epoch = epochsTrained; epoch < numEpochs && state.global_step < maxSteps; epoch++) {
-        const perm = randperm(N, dataSeed + epoch);
-        const batches: number[][] = [];
-        for (let i = 0; i + (args.dataloader_drop_last ? bs : 1) <= N; i += bs) batches.push(perm.slice(i, i + bs));
+        const batches = shard_batches(randperm(N, dataSeed + epoch), bs, W, rank, args.dataloader_drop_last);
         const stepsInEpoch = lenDataloader;
         const remainder = stepsInEpoch % GA || GA;
         let step = updatesTrainedInEpoch * GA - 1;
@@ -252,20 +308,35 @@ export class Trainer {
           const nBatches = update !== updatesPerEpoch - 1 ? GA : remainder;
           const group = batches.slice(cursor, cursor + nBatches).map((idx) => this.data_collator(idx.map((i) => this.prepareRow(datasetRow(ds, i)))));
           cursor += nBatches;
-          // transformers 5.17 counts labels[..., 1:] for causal LMs (the first label is never predicted).
-          const numItems = group.every((b) => b.labels !== undefined)
+          // transformers 5.17 counts labels[..., 1:] for causal LMs (the first label is never predicted); under DDP
+          // with average_tokens_across_devices the count is summed over the ranks and each loss scaled by W.
+          let numItems = group.every((b) => b.labels !== undefined)
             ? group.reduce((n, b) => n + labelRows(b.labels).reduce((m, r) => m + r.slice(1).filter((v) => v !== -100).length, 0), 0)
             : undefined;
+          let lossScale = 1;
+          if (pg && args.average_tokens_across_devices) {
+            const counts = (await pg.all_gather([numItems ?? -1])).map(([c]) => c);
+            numItems = counts.every((c) => c >= 0) ? counts.reduce((s, c) => s + c, 0) : undefined;
+            if (numItems !== undefined) lossScale = W;
+          }
           for (const batch of group) {
             step++;
             const doSync = (step + 1) % GA === 0 || step + 1 === stepsInEpoch;
-            const out = await this.runBatch(batch, numItems && numItems > 0 ? numItems : undefined, true);
+            const out = await this.runBatch(batch, numItems && numItems > 0 ? numItems : undefined, true, lossScale);
             const loss = out.loss ?? NaN;
             if (!Number.isFinite(loss)) stepNonFinite = true;
             if (args.logging_nan_inf_filter && !Number.isFinite(loss)) trLoss = Math.fround(trLoss + Math.fround(trLoss / (1 + state.global_step - lastLogged)));
             else trLoss = Math.fround(trLoss + loss);
             currentFlos += 6 * numelOf(batch.input_ids) * flopParams;
             if (!doSync) continue;
+            if (pg) {
+              // DDP's gradient sync; and one decision for all ranks on stopping (a signal reached some) and on
+              // whether this step was non-finite anywhere, so that no rank stops or fails alone.
+              await pg.average_gradients(encoder);
+              const flags = await pg.all_gather([controller.signal.aborted ? 1 : 0, stepNonFinite ? 1 : 0]);
+              if (flags.some(([a]) => a > 0)) controller.abort();
+              stepNonFinite = flags.some(([, nf]) => nf > 0);
+            }
             learningRate = learning_rate_at(args.learning_rate, args.lr_scheduler_type, state.global_step, warmup, maxSteps);
             gradNorm = await encoder.optimizer_step({
               lr: learningRate,
@@ -291,47 +362,25 @@ export class Trainer {
               interrupted = true;
               shouldSave = true;
             }
-            if (shouldLog && gs > lastLogged) {
-              const trLossScalar = trLoss;
-              trLoss = Math.fround(trLoss - trLoss);
-              const logs: LogEntry = { loss: trLossScalar / (gs - lastLogged) };
-              if (gradNorm !== undefined) logs.grad_norm = gradNorm;
-              logs.learning_rate = learningRate;
-              totalLossScalar += trLossScalar;
-              lastLogged = gs;
-              state.total_flos += currentFlos;
-              currentFlos = 0;
-              await this.log(logs);
-            }
+            if (shouldLog && gs > lastLogged) await logWindow();
             if (shouldEval && this.eval_dataset) await this.evaluate();
             const limit = this.max_consecutive_nonfinite_steps;
             if (limit !== null && nonFiniteStreak >= limit) throw await this.nonFiniteError(encoder, nonFiniteStreak);
-            if (shouldSave) await this.saveCheckpoint(encoder, { tr_loss: trLoss, total_loss_scalar: totalLossScalar, globalstep_last_logged: lastLogged, current_flos: currentFlos });
+            if (shouldSave) await save();
             if (stop || interrupted) break outer;
           }
         }
         updatesTrainedInEpoch = 0;
-        if (args.logging_strategy === 'epoch' && state.global_step > lastLogged) {
-          const trLossScalar = trLoss;
-          trLoss = Math.fround(trLoss - trLoss);
-          const logs: LogEntry = { loss: trLossScalar / (state.global_step - lastLogged) };
-          if (gradNorm !== undefined) logs.grad_norm = gradNorm;
-          if (learningRate !== undefined) logs.learning_rate = learningRate;
-          totalLossScalar += trLossScalar;
-          lastLogged = state.global_step;
-          state.total_flos += currentFlos;
-          currentFlos = 0;
-          await this.log(logs);
-        }
+        if (args.logging_strategy === 'epoch' && state.global_step > lastLogged) await logWindow();
         if (args.eval_strategy === 'epoch' && this.eval_dataset) await this.evaluate();
-        if (args.save_strategy === 'epoch') await this.saveCheckpoint(encoder, { tr_loss: trLoss, total_loss_scalar: totalLossScalar, globalstep_last_logged: lastLogged, current_flos: currentFlos });
+        if (args.save_strategy === 'epoch') await save();
       }
     } finally {
       options.signal?.removeEventListener('abort', onAbort);
       if (sigint) process.off('SIGINT', onAbort);
     }
 
-    // _finalize_training
+    // _finalize_training. The unlogged remainder is this rank's own (HF does not gather it), as in Python.
     totalLossScalar += trLoss;
     const trainLoss = totalLossScalar / Math.max(state.global_step, 0.001);
     const runtime = (performance.now() - start) / 1000;
@@ -340,11 +389,11 @@ export class Trainer {
       metrics.train_samples_per_second = round(numTrainSamples / runtime, 3);
       metrics.train_steps_per_second = round(maxSteps / runtime, 3);
     }
-    state.total_flos += currentFlos;
+    await storeFlos();
     metrics.total_flos = state.total_flos;
     metrics.train_loss = trainLoss;
     await this.log(metrics);
-    if (args.save_total_limit !== null) rotate_checkpoints(args.output_dir, args.save_total_limit);
+    if (args.save_total_limit !== null && rank === 0) rotate_checkpoints(args.output_dir, args.save_total_limit);
     await this.emit('on_train_end');
     return { global_step: state.global_step, training_loss: trainLoss, metrics: { ...metrics, epoch: state.epoch ?? 0 }, interrupted };
   }
@@ -356,15 +405,21 @@ export class Trainer {
     await this.emit('on_log', logs);
   }
 
-  /** Mean loss over eval_dataset (HF's evaluation loop: each batch's mean token loss, weighted by batch size). */
+  /**
+   * Mean loss over eval_dataset (HF's evaluation loop: each batch's mean token loss, weighted by batch size). Under
+   * data parallelism rank r evaluates batches r, r+W, … and the sums are gathered: the same batches, and the same
+   * result, as one process.
+   */
   async evaluate(eval_dataset: TrainDataset | undefined = this.eval_dataset): Promise<LogEntry> {
     if (!eval_dataset) throw new PeftNodeError('ERR_INVALID_INPUT', 'Trainer.evaluate() needs an eval_dataset');
     const n = datasetLength(eval_dataset);
     const bs = this.args.per_device_eval_batch_size;
+    const pg = await this.processGroup();
+    const W = pg?.world_size ?? 1;
     const start = performance.now();
     let sum = 0;
     let count = 0;
-    for (let i = 0; i < n; i += bs) {
+    for (let i = (pg?.rank ?? 0) * bs; i < n; i += bs * W) {
       const rows = [];
       for (let j = i; j < Math.min(n, i + bs); j++) rows.push(this.prepareRow(datasetRow(eval_dataset, j)));
       const batch = this.data_collator(rows);
@@ -372,12 +427,13 @@ export class Trainer {
       sum += (out.loss ?? NaN) * rows.length;
       count += rows.length;
     }
+    if (pg) [sum, count] = (await pg.all_gather([sum, count])).reduce(([s, c], [rs, rc]) => [s + rs, c + rc], [0, 0]);
     const runtime = (performance.now() - start) / 1000;
     const metrics: LogEntry = {
       eval_loss: sum / count,
       eval_runtime: round(runtime, 4),
       eval_samples_per_second: round(count / runtime, 3),
-      eval_steps_per_second: round(Math.ceil(n / bs) / runtime, 3),
+      eval_steps_per_second: round(Math.ceil(n / (bs * W)) / runtime, 3),
     };
     await this.log(metrics);
     await this.emit('on_evaluate', metrics);
@@ -407,25 +463,36 @@ export class Trainer {
     );
   }
 
-  private async saveCheckpoint(encoder: PrefixEncoder, resume: ResumeState): Promise<void> {
+  private async saveCheckpoint(encoder: PrefixEncoder, resume: ResumeState, pg?: ProcessGroup): Promise<void> {
+    // Under DDP each rank's loss window is its own: rank 0 records them all, so each rank resumes exactly.
+    if (pg) {
+      const all = await pg.all_gather([resume.tr_loss, resume.current_flos]);
+      resume = { ...resume, ranks: all.map(([tr_loss, current_flos]) => ({ tr_loss, current_flos })) };
+    }
+    const main = !pg || pg.rank === 0;
     if (!(await this.parametersFinite(encoder))) {
       // HF would save NaN weights; a checkpoint you cannot resume from would only push a good one out (rotation).
-      process.emitWarning(
-        `not saving checkpoint-${this.state.global_step}: the prefix parameters are NaN/inf (the last good checkpoint is kept)`,
-        'PeftNodeWarning',
-      );
+      if (main)
+        process.emitWarning(
+          `not saving checkpoint-${this.state.global_step}: the prefix parameters are NaN/inf (the last good checkpoint is kept)`,
+          'PeftNodeWarning',
+        );
       return;
     }
-    const dir = await save_checkpoint({
-      output_dir: this.args.output_dir,
-      model: this.model,
-      encoder,
-      state: this.state,
-      args: this.args,
-      resume,
-      tokenizer: this.processing_class,
-    });
-    if (this.args.save_total_limit !== null) rotate_checkpoints(this.args.output_dir, this.args.save_total_limit);
+    let dir = path.join(this.args.output_dir, `checkpoint-${this.state.global_step}`);
+    if (main) {
+      // Only the main process writes, as HF's should_save: the parameters and optimizer state are the same on all.
+      dir = await save_checkpoint({
+        output_dir: this.args.output_dir,
+        model: this.model,
+        encoder,
+        state: this.state,
+        args: this.args,
+        resume,
+        tokenizer: this.processing_class,
+      });
+      if (this.args.save_total_limit !== null) rotate_checkpoints(this.args.output_dir, this.args.save_total_limit);
+    }
     await this.emit('on_save', dir);
   }
 }

@@ -2,6 +2,7 @@
  * TrainingArguments: HF transformers 5.17's names and defaults for what peft-node's Trainer does. An unknown option
  * or an invalid value is an error naming it.
  */
+import { distributed_env } from '../distributed/process_group';
 import { PeftNodeError, repr } from '../errors';
 
 export type IntervalStrategy = 'no' | 'steps' | 'epoch';
@@ -53,7 +54,12 @@ export interface TrainingArgumentsOptions {
   fp16: boolean;
   use_cpu: boolean;
   remove_unused_columns: boolean;
+  /** Data-parallel runs: normalise the loss by the token count of all ranks (HF's default), not each rank's own. */
   average_tokens_across_devices: boolean;
+  /** Data-parallel backend: null or "gloo" (Gloo serves CPU and CUDA tensors; see README, Data-parallel training). */
+  ddp_backend: string | null;
+  /** Seconds the rendezvous and each collective may wait for the other ranks before ERR_DISTRIBUTED (HF: 1800). */
+  ddp_timeout: number;
 }
 
 export const TRAINING_ARGS_DEFAULTS: TrainingArgumentsOptions = {
@@ -92,6 +98,8 @@ export const TRAINING_ARGS_DEFAULTS: TrainingArgumentsOptions = {
   use_cpu: false,
   remove_unused_columns: true,
   average_tokens_across_devices: true,
+  ddp_backend: null,
+  ddp_timeout: 1800,
 };
 
 const NAMES = Object.keys(TRAINING_ARGS_DEFAULTS) as (keyof TrainingArgumentsOptions)[];
@@ -154,13 +162,32 @@ export class TrainingArguments {
     const report = Array.isArray(this.report_to) ? this.report_to : [this.report_to];
     if (report.some((r) => r !== 'none'))
       throw bad('report_to', 'can only be "none" (peft-node has no reporting integrations; use callbacks)', this.report_to);
+    if (this.ddp_backend !== null && this.ddp_backend !== 'gloo')
+      throw bad('ddp_backend', 'must be null or "gloo" (this build has no NCCL process group; Gloo also serves CUDA models)', this.ddp_backend);
+    if (typeof this.ddp_timeout !== 'number' || !Number.isFinite(this.ddp_timeout) || this.ddp_timeout <= 0)
+      throw bad('ddp_timeout', 'must be a positive number of seconds', this.ddp_timeout);
     if (this.bf16 || this.fp16)
       throw bad(this.bf16 ? 'bf16' : 'fp16', 'mixed precision is not supported yet: load the model with dtype "bfloat16" instead', true);
   }
 
-  /** Batch of one optimizer update (per_device_train_batch_size × gradient_accumulation_steps; one device). */
+  /** HF's train_batch_size: the batch of one device (per_device_train_batch_size), also under data parallelism. */
   get train_batch_size(): number {
     return this.per_device_train_batch_size;
+  }
+
+  /** Processes training together: WORLD_SIZE from the launcher (peft-node train --nproc, torchrun), else 1. */
+  get world_size(): number {
+    return distributed_env()?.world_size ?? 1;
+  }
+
+  /** This process's rank (RANK), 0 without a launcher. */
+  get process_index(): number {
+    return distributed_env()?.rank ?? 0;
+  }
+
+  /** This process's rank on its machine (LOCAL_RANK), 0 without a launcher. */
+  get local_process_index(): number {
+    return distributed_env()?.local_rank ?? 0;
   }
 
   /** transformers' get_warmup_steps. */

@@ -37,6 +37,11 @@ export interface ForwardOptions {
   encoder?: PrefixEncoder;
   /** Return logits (default true). Training loops set false to skip copying [B, T, V] floats. */
   return_logits?: boolean;
+  /**
+   * Multiply the loss (returned and differentiated) by this: HF Trainer's `loss *= num_processes` under
+   * data-parallel training with average_tokens_across_devices. Default 1.
+   */
+  loss_scale?: number;
 }
 
 export interface CausalLMOutput {
@@ -155,6 +160,8 @@ export class BloomForCausalLM implements AsyncDisposable {
         throw new PeftNodeError('ERR_INVALID_INPUT', `num_items_in_batch must be a positive integer, got ${n}`);
       nativeInputs.numItemsInBatch = n;
     }
+    if (options.loss_scale !== undefined && !(typeof options.loss_scale === 'number' && Number.isFinite(options.loss_scale) && options.loss_scale > 0))
+      throw new PeftNodeError('ERR_INVALID_INPUT', `loss_scale must be a finite number > 0, got ${repr(options.loss_scale)}`);
     if (options.backward && inputs.labels === undefined)
       throw new PeftNodeError('ERR_INVALID_INPUT', 'backward needs labels (there is no loss to differentiate)');
     if (options.backward && options.prefix === undefined && options.encoder === undefined)
@@ -198,6 +205,7 @@ export class BloomForCausalLM implements AsyncDisposable {
           prefix,
           numVirtualTokens: prefixDims?.[0],
           encoder: encoder?.handle,
+          ...(options.loss_scale !== undefined && options.loss_scale !== 1 ? { lossScale: options.loss_scale } : {}),
         }),
       );
     const r = await this.queue.run(encoder ? () => encoder.queue.run(run) : run);
