@@ -6,7 +6,9 @@
 #                                        (float32 within 1e-4, bfloat16 within 2e-2; the CPU float32 reference within
 #                                        1e-5 of float64),
 #                                     2. a bloom-1b4-shaped random model's prefix-tuning step in bfloat16 on CUDA:
-#                                        tokens/s and MFU.
+#                                        tokens/s and MFU,
+#                                     3. data-parallel collectives (2 processes, Gloo) with CUDA tensors: exact
+#                                        gradient averaging, broadcast, gather, and the time to average a prefix.
 #   scripts/gpu-check.sh --cpu-only   the same logic on the CPU (the "device" is the CPU, the bench model is small):
 #                                     a dry run of the script on a machine without a GPU.
 #
@@ -39,7 +41,7 @@ while [ $# -gt 0 ]; do
     --batch) BATCH="$2"; shift ;;
     --seq) SEQ="$2"; shift ;;
     --peak-tflops) PEAK="$2"; shift ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "gpu-check: unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -130,6 +132,11 @@ else
 fi
 say "bench: prefix-tuning step, bfloat16 on $DEVICE (${SHAPE[*]})"
 timeout "$(remaining)" "$TOOL" bench --device "$DEVICE" --dtype bfloat16 "${SHAPE[@]}" | tee -a "$OUT" || STATUS=1
+
+# 5. Data-parallel collectives (c10d Gloo, 2 forked processes) with tensors on the device.
+DDP_PORT="$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])' 2>/dev/null || echo 29517)"
+say "ddp: 2 processes, gradients on $DEVICE averaged over Gloo (port $DDP_PORT)"
+timeout "$(remaining)" "$TOOL" ddp --device "$DEVICE" --world 2 --port "$DDP_PORT" | tee -a "$OUT" || STATUS=1
 
 say "$([ $STATUS = 0 ] && echo 'all passed' || echo 'FAILED') in $(( $(date +%s) - START ))s; results in $OUT"
 exit $STATUS

@@ -8,7 +8,9 @@
 #include <torch/csrc/distributed/c10d/Backend.hpp>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
-#ifdef USE_C10D_GLOO
+// PEFT_NODE_NO_C10D_GLOO: the build found this libtorch's Gloo header unusable (CMakeLists.txt checks it).
+#if defined(USE_C10D_GLOO) && !defined(PEFT_NODE_NO_C10D_GLOO)
+#define PEFT_NODE_GLOO 1
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #endif
 
@@ -76,8 +78,9 @@ ProcessGroup::ProcessGroup(const ProcessGroupOptions& opts) : opts_(opts) {
     fail(codes::kDistributed, "backend '" + printable(opts.backend) +
                            "' is not available in this build: peft-node's data-parallel training uses Gloo (CPU "
                            "and CUDA tensors; a prefix's gradients are small enough to go through host memory)");
-#ifndef USE_C10D_GLOO
-  fail(codes::kDistributed, "this libtorch was built without Gloo (USE_C10D_GLOO): data-parallel training is unavailable");
+#ifndef PEFT_NODE_GLOO
+  fail(codes::kDistributed, "this build of peft-node has no Gloo process group (its libtorch lacks USE_C10D_GLOO, or the "
+                            "build found its c10d Gloo header unusable): data-parallel training is unavailable");
 #else
   QuietJoinLogs quiet;
   const std::string where = opts.master_addr + ":" + std::to_string(opts.master_port);

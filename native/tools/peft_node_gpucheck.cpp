@@ -15,6 +15,12 @@
 //     FLOPs per token, frozen base weights (no weight gradients, only activation gradients):
 //       forward 2·N + 4·L·D·(P+T) (N = L·12·D² + V·D: the matmul weights, lm_head included; attention scores and
 //       values over P+T keys), backward ≈ 2·N + 8·L·D·(P+T): in all 4·N + 12·L·D·(P+T).
+//
+//   peft_node_gpucheck ddp [--device cuda] [--world 2] [--port 29517] [--numel 983040] [--iters 20]
+//     data-parallel collectives over native/core's c10d process group (TCPStore + Gloo on loopback; tensors on
+//     --device go through host memory): --world processes (forked) average known gradients (exact: each rank's grad
+//     is (rank+1)·g, the mean is (W+1)/2·g), broadcast rank 0's parameters and gather a value from every rank; then
+//     the median time of averaging a --numel float32 bucket (983040 = bloom-1b4's prefix of 10 virtual tokens).
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
 #include <ATen/Parallel.h>
@@ -33,6 +39,11 @@
 #include "core/bloom.h"
 #include "core/errors.h"
 #include "core/prefix_encoder.h"
+#include "core/process_group.h"
+
+#include <algorithm>
+#include <sys/wait.h>
+#include <unistd.h>
 
 using namespace peft_node;
 
@@ -245,6 +256,91 @@ int bench(const Args& a) {
   return std::isfinite(loss) ? 0 : 1;
 }
 
+int ddp(const Args& a) {
+  const int world = static_cast<int>(a.geti("world", 2));
+  const int port = static_cast<int>(a.geti("port", 29517));
+  const int64_t numel = a.geti("numel", 983040);
+  const int64_t iters = a.geti("iters", 20);
+  const std::string dev_name = a.get("device", "cuda");
+  // Fork before anything touches the device or starts threads.
+  int rank = 0;
+  std::vector<pid_t> children;
+  for (int r = 1; r < world; ++r) {
+    pid_t pid = fork();
+    if (pid == 0) {
+      rank = r;
+      children.clear();
+      break;
+    }
+    children.push_back(pid);
+  }
+  int status = 0;
+  try {
+    const c10::Device dev(dev_name);
+    ProcessGroupOptions po;
+    po.rank = rank;
+    po.world_size = world;
+    po.master_port = port;
+    po.host_store = rank == 0;
+    po.timeout = std::chrono::milliseconds(60000);
+    auto t0 = std::chrono::steady_clock::now();
+    ProcessGroup pg(po);
+    const double join_s = seconds_since(t0);
+    auto o = at::TensorOptions().dtype(at::kFloat).device(dev);
+    // Gradients: each rank holds (rank + 1) · g; their mean is (W + 1) / 2 · g.
+    at::Tensor g1 = at::linspace(-1, 1, 1000, o).view({10, 100}), g2 = at::linspace(0, 3, 7, o);
+    std::vector<at::Tensor> params{at::zeros({10, 100}, o).requires_grad_(), at::zeros({7}, o).requires_grad_()};
+    params[0].mutable_grad() = g1 * (rank + 1);
+    params[1].mutable_grad() = g2 * (rank + 1);
+    pg.average_gradients(params);
+    const double want = (world + 1) / 2.0;
+    const double grad_err = std::max((params[0].grad() - g1 * want).abs().max().item<double>(),
+                                     (params[1].grad() - g2 * want).abs().max().item<double>()) / (3.0 * want);
+    // Parameters: rank 0's everywhere.
+    {
+      at::NoGradGuard ng;
+      params[0].fill_(static_cast<double>(rank + 7));
+    }
+    pg.broadcast_parameters(params);
+    const bool broadcast_ok = params[0].eq(7).all().item<bool>();
+    const std::vector<double> gathered = pg.all_gather({rank + 0.5});
+    bool gather_ok = gathered.size() == static_cast<size_t>(world);
+    for (int r = 0; gather_ok && r < world; ++r) gather_ok = gathered[r] == r + 0.5;
+    // Averaging a prefix-sized bucket.
+    std::vector<at::Tensor> big{at::zeros({numel}, o).requires_grad_()};
+    big[0].mutable_grad() = at::ones({numel}, o);
+    std::vector<double> ms;
+    for (int64_t i = 0; i < iters; ++i) {
+      pg.barrier();
+      auto ti = std::chrono::steady_clock::now();
+      pg.average_gradients(big);
+      (void)big[0].grad()[0].item<float>();  // waits for the device
+      ms.push_back(seconds_since(ti) * 1000.0);
+    }
+    std::sort(ms.begin(), ms.end());
+    const bool ok = grad_err < 1e-6 && broadcast_ok && gather_ok && big[0].grad().eq(1).all().item<bool>();
+    if (rank == 0)
+      std::printf("{\"check\":\"ddp\",\"device\":\"%s\",\"world\":%d,\"join_s\":%.3f,\"grad_err\":%.3g,"
+                  "\"broadcast_ok\":%s,\"gather_ok\":%s,\"numel\":%lld,\"average_ms_median\":%.3f,\"passed\":%s}\n",
+                  dev_name.c_str(), world, join_s, grad_err, broadcast_ok ? "true" : "false",
+                  gather_ok ? "true" : "false", (long long)numel, ms.empty() ? 0.0 : ms[ms.size() / 2],
+                  ok ? "true" : "false");
+    std::fflush(stdout);
+    pg.barrier();
+    status = ok ? 0 : 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "ddp rank %d: %s\n", rank, e.what());
+    status = 1;
+  }
+  if (rank != 0) std::_Exit(status);
+  for (pid_t pid : children) {
+    int st = 0;
+    waitpid(pid, &st, 0);
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) status = 1;
+  }
+  return status;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -252,7 +348,8 @@ int main(int argc, char** argv) {
   try {
     if (a.cmd == "check") return check(a);
     if (a.cmd == "bench") return bench(a);
-    std::fprintf(stderr, "usage: %s check <model_dir> [--device cuda] | bench [--device cuda] [--dtype bfloat16] ...\n", argv[0]);
+    if (a.cmd == "ddp") return ddp(a);
+    std::fprintf(stderr, "usage: %s check <model_dir> [--device cuda] | bench [--device cuda] [--dtype bfloat16] ... | ddp [--device cuda] [--world 2]\n", argv[0]);
     return 2;
   } catch (const peft_node::Error& e) {
     std::fprintf(stderr, "%s: %s\n", e.code().c_str(), e.what());
