@@ -54,6 +54,8 @@ export function latest_checkpoint(output_dir: string): string | undefined {
  * like a complete checkpoint.
  */
 export function rotate_checkpoints(output_dir: string, limit: number): void {
+  // Also what a process killed while rotating left (a run resumed from its final checkpoint saves nothing to do it).
+  clean_stale_temporaries(output_dir);
   const all = list_checkpoints(output_dir);
   for (const dir of all.slice(0, Math.max(0, all.length - limit))) {
     const doomed = path.join(output_dir, `.${path.basename(dir)}.tmp-${process.pid}-${Date.now()}-deleted`);
