@@ -31,9 +31,9 @@ export const ERROR_CODES = [
   'ERR_NONFINITE_LOSS',
   'ERR_DEVICE',
   'ERR_DISPOSED',
-  'ERR_TORCH',
   /** Data-parallel training: rendezvous failed, a peer process died or timed out, or ranks disagree. */
   'ERR_DISTRIBUTED',
+  'ERR_TORCH',
   'ERR_ADDON_LOAD',
   'ERR_LIBTORCH_NOT_FOUND',
   'ERR_LIBTORCH_INVALID',

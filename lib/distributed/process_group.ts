@@ -142,17 +142,29 @@ export function init_process_group(options: InitProcessGroupOptions = {}): Promi
   if (!(typeof timeout === 'number' && timeout > 0 && Number.isFinite(timeout)))
     throw new PeftNodeError('ERR_CONFIG', `init_process_group: timeout must be a positive number of seconds, got ${timeout}`);
   const backend = options.backend ?? 'gloo';
+  const master_addr = options.master_addr ?? env?.master_addr ?? '127.0.0.1';
+  const master_port = options.master_port ?? env?.master_port ?? 29500;
+  // Joining waits for every rank (up to `timeout`, 30 minutes by default): say what it waits for.
+  const slow = setTimeout(
+    () =>
+      process.emitWarning(
+        `rank ${rank} is waiting for all ${world_size} processes to join at ${master_addr}:${master_port} (WORLD_SIZE=${world_size}; gives up after ${timeout} s)`,
+        'PeftNodeWarning',
+      ),
+    10_000,
+  );
+  slow.unref();
   joining = nativeCall(() =>
     native().ProcessGroup.create({
       rank,
       worldSize: world_size,
-      masterAddr: options.master_addr ?? env?.master_addr ?? '127.0.0.1',
-      masterPort: options.master_port ?? env?.master_port ?? 29500,
+      masterAddr: master_addr,
+      masterPort: master_port,
       hostStore: rank === 0 && !env?.agent_store,
       timeoutMs: Math.max(1, Math.round(timeout * 1000)),
       backend,
     }),
-  ).then(
+  ).finally(() => clearTimeout(slow)).then(
     (handle) => {
       defaultGroup = new ProcessGroup(handle, env?.local_rank ?? rank);
       joining = undefined;
