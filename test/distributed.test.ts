@@ -8,7 +8,7 @@
  *   relative, logged losses within 1e-5.
  * - Faults: a killed worker, a busy port, an unreachable master, ranks that disagree; exact resume of a 2-process run.
  */
-import { ChildProcess, spawn } from 'node:child_process';
+import { ChildProcess, execFileSync, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
@@ -263,11 +263,39 @@ describe('faults', () => {
     await destroy_process_group();
   });
 
+  it('a rank that finds no checkpoint to resume from fails with all the others, at start', async () => {
+    const dirs = [path.join(scratch, 'nockpt-0'), path.join(scratch, 'nockpt-1')];
+    const source = path.join(scratch, 'res-full', 'checkpoint-3'); // from the resume test above
+    fs.cpSync(source, path.join(dirs[0], 'checkpoint-3'), { recursive: true });
+    const args = (rank: number) => ({ output_dir: dirs[rank], save_strategy: 'no', max_steps: 6, per_device_train_batch_size: 2 });
+    const { exits } = await runRanks({ resume: true, args: args(0) }, 2, 'nockpt', (rank) => ({ args: args(rank) }));
+    for (const e of exits) {
+      expect(e.code).toBe(3);
+      expect(e.stderr).toMatch(/resume_from_checkpoint: rank 0 "checkpoint-3", rank 1 "none in .*nockpt-1"/);
+    }
+  });
+
   it('launcher arguments are checked', async () => {
     await expect(launch({ nproc_per_node: 0, command: process.execPath, args: [] })).rejects.toMatchObject({ code: 'ERR_CONFIG' });
     await expect(launch({ nproc_per_node: 1, nnodes: 2, node_rank: 2, command: process.execPath, args: [] })).rejects.toMatchObject({ code: 'ERR_CONFIG' });
   });
 });
+
+/** Resolves once `cond()` holds (polled every 50 ms); rejects after `ms`. */
+function until(cond: () => boolean, ms = 60_000): Promise<void> {
+  const t0 = Date.now();
+  return new Promise((resolve, reject) => {
+    const t = setInterval(() => {
+      if (cond()) {
+        clearInterval(t);
+        resolve();
+      } else if (Date.now() - t0 > ms) {
+        clearInterval(t);
+        reject(new Error('timed out waiting'));
+      }
+    }, 50);
+  });
+}
 
 describe('peft-node train --nproc 2', () => {
   const cli = (args: string[], cwd: string) => {
@@ -294,16 +322,23 @@ describe('peft-node train --nproc 2', () => {
     expect(maxRelErr(asNumbers(w('ddp')), asNumbers(w('single')))).toBeLessThan(1e-5);
   });
 
+  it('workers exit when their launcher is killed outright', async () => {
+    const run = cli(['train', '--nproc', '2', '--output', 'orphans', '--epochs', '1000', '--logging-steps', '1'], scratch);
+    await until(() => /'loss'/.test(run.stdout()));
+    const workers = () =>
+      execFileSync('ps', ['-eo', 'pid=,args='], { encoding: 'utf8' })
+        .split('\n')
+        .filter((l) => l.includes('--output orphans') && !l.includes(String(run.p.pid)) && l.includes('peft-node.js'));
+    expect(workers()).toHaveLength(2);
+    run.p.kill('SIGKILL');
+    await run.done;
+    await until(() => workers().length === 0, 15_000);
+    expect(workers()).toEqual([]);
+  });
+
   it('Ctrl-C to the launcher stops every worker after the same step, with a checkpoint (exit 130)', async () => {
     const run = cli(['train', '--nproc', '2', '--output', 'sigint', '--epochs', '1000', '--logging-steps', '1'], scratch);
-    await new Promise<void>((resolve) => {
-      const t = setInterval(() => {
-        if (/'loss'/.test(run.stdout())) {
-          clearInterval(t);
-          resolve();
-        }
-      }, 50);
-    });
+    await until(() => /'loss'/.test(run.stdout()));
     run.p.kill('SIGINT');
     const r = await run.done;
     expect(r.code).toBe(130);

@@ -168,10 +168,14 @@ export async function launch(options: LaunchOptions): Promise<LaunchResult> {
 
 /**
  * In a launched worker: exit when the launcher is gone (its IPC channel closed), even if it was killed outright, so
- * no worker is left training — or waiting for a peer — on its own. No-op in other processes.
+ * no worker is left training — or waiting for a peer — on its own. No-op in other processes. The CLI and
+ * init_process_group call it.
  */
+let watching = false;
+
 export function watch_launcher(): void {
-  if (process.env[LAUNCHED_WORKER_ENV] !== '1' || !process.channel) return;
+  if (watching || process.env[LAUNCHED_WORKER_ENV] !== '1' || !process.channel) return;
+  watching = true;
   process.channel.unref(); // the channel must not keep a finished worker alive
   process.once('disconnect', () => {
     process.stderr.write(`peft-node: [rank ${process.env.RANK ?? '?'}] the launcher is gone: exiting\n`);

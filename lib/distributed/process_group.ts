@@ -8,6 +8,7 @@ import { PeftNodeError, nativeCall } from '../errors';
 import { PrefixEncoder } from '../peft/prefix_encoder';
 import { native, NativeProcessGroup } from '../runtime/native';
 import { SerialQueue } from '../runtime/serial_queue';
+import { watch_launcher } from './launch';
 
 /** What a launcher (peft-node train --nproc, torchrun) tells each worker. */
 export interface DistributedEnv {
@@ -142,6 +143,7 @@ export function init_process_group(options: InitProcessGroupOptions = {}): Promi
   if (!(typeof timeout === 'number' && timeout > 0 && Number.isFinite(timeout)))
     throw new PeftNodeError('ERR_CONFIG', `init_process_group: timeout must be a positive number of seconds, got ${timeout}`);
   const backend = options.backend ?? 'gloo';
+  watch_launcher(); // a worker of launch() exits with its launcher
   const master_addr = options.master_addr ?? env?.master_addr ?? '127.0.0.1';
   const master_port = options.master_port ?? env?.master_port ?? 29500;
   // Joining waits for every rank (up to `timeout`, 30 minutes by default): say what it waits for.

@@ -230,8 +230,9 @@ export class Trainer {
     let resumeDir: string | undefined;
     if (options.resume_from_checkpoint) {
       resumeDir = options.resume_from_checkpoint === true ? latest_checkpoint(args.output_dir) : options.resume_from_checkpoint;
-      if (!resumeDir) throw new PeftNodeError('ERR_FILE_NOT_FOUND', `no checkpoint found in ${args.output_dir} to resume from`);
     }
+    const noCheckpoint = () => new PeftNodeError('ERR_FILE_NOT_FOUND', `no checkpoint found in ${args.output_dir} to resume from`);
+    if (options.resume_from_checkpoint && !resumeDir && !pg) throw noCheckpoint();
     if (pg) {
       // Every rank must train the same thing; then, as DDP does at wrap time, all start from rank 0's parameters.
       const model = this.model.base_model.config;
@@ -241,8 +242,10 @@ export class Trainer {
         prefix: encoder.parameter_shapes(),
         training_arguments: { ...args.to_dict(), output_dir: undefined },
         train_dataset_rows: N,
-        resume_from_checkpoint: resumeDir === undefined ? null : path.basename(resumeDir),
+        // A rank that finds no checkpoint (another machine's disk) shows here, so that all ranks fail together.
+        resume_from_checkpoint: resumeDir !== undefined ? path.basename(resumeDir) : options.resume_from_checkpoint ? `none in ${args.output_dir}` : null,
       });
+      if (options.resume_from_checkpoint && !resumeDir) throw noCheckpoint();
     }
     if (resumeDir) {
       const loaded = await load_checkpoint(resumeDir, encoder, { rank, world_size: W });
