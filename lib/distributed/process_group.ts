@@ -87,14 +87,21 @@ export class ProcessGroup {
     return this.queue.run(() => nativeCall(task));
   }
 
-  /** DDP's gradient sync: the encoder's grads become their mean over the ranks (one bucket). */
-  average_gradients(encoder: PrefixEncoder): Promise<void> {
-    return encoder.queue.run(() => this.run(() => this.handle.averageGradients(encoder.handle)));
+  /**
+   * DDP's gradient sync: the encoder's grads become their mean over the ranks (one bucket). `counters` (small
+   * integers, e.g. flags) travel in the same all-reduce and resolve summed over the ranks: one round trip per step.
+   */
+  async average_gradients(encoder: PrefixEncoder, counters: number[] = []): Promise<number[]> {
+    for (const c of counters)
+      if (!(Number.isInteger(c) && Math.abs(c) <= 2 ** 24))
+        throw new PeftNodeError('ERR_INVALID_INPUT', `average_gradients: counters must be integers within ±2^24 (exact in float32), got ${c}`);
+    const sums = await encoder.queue.run(() => this.run(() => this.handle.averageGradients(encoder.handle, Float64Array.from(counters))));
+    return Array.from(sums);
   }
 
   /** DDP's start: rank 0's parameter values everywhere. */
-  broadcast_parameters(encoder: PrefixEncoder): Promise<void> {
-    return encoder.queue.run(() => this.run(() => this.handle.broadcastParameters(encoder.handle)));
+  async broadcast_parameters(encoder: PrefixEncoder): Promise<void> {
+    await encoder.queue.run(() => this.run(() => this.handle.broadcastParameters(encoder.handle)));
   }
 
   /** Every rank's `values` (exact: float64), indexed [rank][i]. Each rank must pass as many values. */

@@ -156,8 +156,9 @@ export interface NativeProcessGroupOptions {
 export interface NativeProcessGroup {
   rank(): number;
   worldSize(): number;
-  averageGradients(encoder: NativePrefixEncoder): Promise<void>;
-  broadcastParameters(encoder: NativePrefixEncoder): Promise<void>;
+  /** Also sums `counters` over the ranks in the same all-reduce (exact up to 2^24). */
+  averageGradients(encoder: NativePrefixEncoder, counters?: Float64Array): Promise<Float64Array>;
+  broadcastParameters(encoder: NativePrefixEncoder): Promise<Float64Array>;
   allGather(values: Float64Array): Promise<Float64Array>;
   allGatherString(value: string): Promise<string[]>;
   barrier(): Promise<void>;

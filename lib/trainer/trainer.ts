@@ -335,10 +335,9 @@ export class Trainer {
             if (pg) {
               // DDP's gradient sync; and one decision for all ranks on stopping (a signal reached some) and on
               // whether this step was non-finite anywhere, so that no rank stops or fails alone.
-              await pg.average_gradients(encoder);
-              const flags = await pg.all_gather([controller.signal.aborted ? 1 : 0, stepNonFinite ? 1 : 0]);
-              if (flags.some(([a]) => a > 0)) controller.abort();
-              stepNonFinite = flags.some(([, nf]) => nf > 0);
+              const [stops, nonFinite] = await pg.average_gradients(encoder, [controller.signal.aborted ? 1 : 0, stepNonFinite ? 1 : 0]);
+              if (stops > 0) controller.abort();
+              stepNonFinite = nonFinite > 0;
             }
             learningRate = learning_rate_at(args.learning_rate, args.lr_scheduler_type, state.global_step, warmup, maxSteps);
             gradNorm = await encoder.optimizer_step({

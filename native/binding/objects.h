@@ -113,10 +113,11 @@ class ProcessGroupWrap : public Napi::ObjectWrap<ProcessGroupWrap> {
   static Napi::Value Create(const Napi::CallbackInfo& info);  // (options) -> Promise<ProcessGroup>
   Napi::Value Rank(const Napi::CallbackInfo& info);
   Napi::Value WorldSize(const Napi::CallbackInfo& info);
-  Napi::Value AverageGradients(const Napi::CallbackInfo& info);  // (PrefixEncoder) -> Promise<void>
-  Napi::Value BroadcastParameters(const Napi::CallbackInfo& info);  // (PrefixEncoder) -> Promise<void>
-  Napi::Value WithEncoder(const Napi::CallbackInfo& info, const char* what,
-                          void (*op)(ProcessGroup&, const std::vector<at::Tensor>&));
+  // (PrefixEncoder, counters?: Float64Array) -> Promise<Float64Array>: the counters summed over ranks
+  Napi::Value AverageGradients(const Napi::CallbackInfo& info);
+  Napi::Value BroadcastParameters(const Napi::CallbackInfo& info);  // (PrefixEncoder) -> Promise<Float64Array (empty)>
+  using EncoderOp = std::vector<double> (*)(ProcessGroup&, const std::vector<at::Tensor>&, const std::vector<double>&);
+  Napi::Value WithEncoder(const Napi::CallbackInfo& info, const char* what, EncoderOp op);
   Napi::Value AllGather(const Napi::CallbackInfo& info);         // (Float64Array) -> Promise<Float64Array>
   Napi::Value AllGatherString(const Napi::CallbackInfo& info);   // (string) -> Promise<string[]>
   Napi::Value Barrier(const Napi::CallbackInfo& info);

@@ -75,8 +75,7 @@ Napi::Value ProcessGroupWrap::WorldSize(const Napi::CallbackInfo& info) {
 }
 
 // Runs `op` on the encoder's parameters, holding the group's lock, then the encoder's.
-Napi::Value ProcessGroupWrap::WithEncoder(const Napi::CallbackInfo& info, const char* what,
-                                          void (*op)(ProcessGroup&, const std::vector<at::Tensor>&)) {
+Napi::Value ProcessGroupWrap::WithEncoder(const Napi::CallbackInfo& info, const char* what, EncoderOp op) {
   Napi::Env env = info.Env();
   return guarded(env, [&]() -> Napi::Value {
     if (disposed_) fail(codes::kDisposed, "this process group was disposed");
@@ -84,29 +83,45 @@ Napi::Value ProcessGroupWrap::WithEncoder(const Napi::CallbackInfo& info, const 
     if (!info[0].IsObject() || !info[0].As<Napi::Object>().InstanceOf(data->encoder_ctor.Value()))
       fail(codes::kInvalidInput, std::string(what) + "() needs a PrefixEncoder");
     std::shared_ptr<EncoderState> encoder = PrefixEncoderWrap::Unwrap(info[0].As<Napi::Object>())->state();
+    auto values = std::make_shared<std::vector<double>>();
+    if (info.Length() > 1 && !info[1].IsUndefined()) {
+      if (!info[1].IsTypedArray() || info[1].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array)
+        fail(codes::kInvalidInput, std::string(what) + "(): counters must be a Float64Array");
+      Napi::Float64Array c = info[1].As<Napi::Float64Array>();
+      values->assign(c.Data(), c.Data() + c.ElementLength());
+    }
     auto state = state_;
     return PromiseWorker::start(
         env, what,
-        [state, encoder, op] {
+        [state, encoder, op, values] {
           std::lock_guard<std::mutex> lock(state->mu);
           std::lock_guard<std::mutex> enc_lock(encoder->mu);
           if (!encoder->encoder) fail(codes::kDisposed, "this prefix encoder was disposed");
           std::vector<at::Tensor> params;
           for (const auto& [n, t] : encoder->encoder->named_parameters()) params.push_back(t);
-          op(live(*state), params);
+          *values = op(live(*state), params, *values);
         },
-        nullptr);
+        [values](Napi::Env env) -> Napi::Value {
+          Napi::Float64Array out = Napi::Float64Array::New(env, values->size());
+          std::copy(values->begin(), values->end(), out.Data());
+          return out;
+        });
   });
 }
 
 Napi::Value ProcessGroupWrap::AverageGradients(const Napi::CallbackInfo& info) {
   return WithEncoder(info, "averageGradients",
-                     [](ProcessGroup& g, const std::vector<at::Tensor>& p) { g.average_gradients(p); });
+                     [](ProcessGroup& g, const std::vector<at::Tensor>& p, const std::vector<double>& c) {
+                       return g.average_gradients(p, c);
+                     });
 }
 
 Napi::Value ProcessGroupWrap::BroadcastParameters(const Napi::CallbackInfo& info) {
   return WithEncoder(info, "broadcastParameters",
-                     [](ProcessGroup& g, const std::vector<at::Tensor>& p) { g.broadcast_parameters(p); });
+                     [](ProcessGroup& g, const std::vector<at::Tensor>& p, const std::vector<double>&) {
+                       g.broadcast_parameters(p);
+                       return std::vector<double>{};
+                     });
 }
 
 Napi::Value ProcessGroupWrap::AllGather(const Napi::CallbackInfo& info) {

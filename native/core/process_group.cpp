@@ -145,17 +145,30 @@ void ProcessGroup::all_reduce_sum(at::Tensor& t, const char* what) {
   if (!t.device().is_cpu()) t.copy_(host);
 }
 
-void ProcessGroup::average_gradients(const std::vector<at::Tensor>& params) {
-  if (params.empty()) return;
+std::vector<double> ProcessGroup::average_gradients(const std::vector<at::Tensor>& params,
+                                                    const std::vector<double>& counters) {
+  if (params.empty() && counters.empty()) return {};
   std::vector<at::Tensor> flat;
-  flat.reserve(params.size());
+  flat.reserve(params.size() + 1);
   const double inv = 1.0 / static_cast<double>(opts_.world_size);
+  // One bucket in the parameters' dtype and device (a prefix is float32); the counters go at its end.
+  const at::TensorOptions bucket_options =
+      params.empty() ? at::TensorOptions().dtype(at::kFloat) : params[0].options().requires_grad(false);
   for (const at::Tensor& p : params) {
     const at::Tensor& g = p.grad();
-    flat.push_back(g.defined() ? (g * inv).reshape(-1) : at::zeros({p.numel()}, p.options()));
+    flat.push_back(g.defined() ? (g * inv).reshape(-1) : at::zeros({p.numel()}, bucket_options));
+  }
+  if (!counters.empty()) {
+    at::Tensor c = at::tensor(counters, at::TensorOptions().dtype(at::kDouble));
+    flat.push_back(c.to(bucket_options));
   }
   at::Tensor bucket = at::cat(flat);
   all_reduce_sum(bucket, "all-reduce of the gradients");
+  std::vector<double> summed;
+  if (!counters.empty()) {
+    at::Tensor c = bucket.narrow(0, bucket.numel() - static_cast<int64_t>(counters.size()), counters.size()).to(at::kCPU);
+    for (int64_t i = 0; i < c.numel(); ++i) summed.push_back(c[i].item<double>());
+  }
   int64_t offset = 0;
   for (const at::Tensor& p : params) {
     at::Tensor part = bucket.narrow(0, offset, p.numel()).view(p.sizes());
@@ -166,6 +179,7 @@ void ProcessGroup::average_gradients(const std::vector<at::Tensor>& params) {
       p.mutable_grad() = part.clone();
     }
   }
+  return summed;
 }
 
 void ProcessGroup::broadcast_parameters(const std::vector<at::Tensor>& params) {

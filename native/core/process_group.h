@@ -45,8 +45,10 @@ class ProcessGroup {
   const ProcessGroupOptions& options() const { return opts_; }
 
   // DDP's gradient averaging as its Reducer does it: each grad times 1/world_size into one flat bucket, summed across
-  // ranks, copied back. A parameter without a grad contributes zeros (and gets the averaged grad).
-  void average_gradients(const std::vector<at::Tensor>& params);
+  // ranks, copied back. A parameter without a grad contributes zeros (and gets the averaged grad). `counters` (small
+  // integers such as flags; exact in float32 up to 2^24) ride in the same all-reduce and come back summed over ranks,
+  // saving a round trip per step.
+  std::vector<double> average_gradients(const std::vector<at::Tensor>& params, const std::vector<double>& counters = {});
 
   // DDP's start: every rank takes rank 0's parameter values (one flat broadcast).
   void broadcast_parameters(const std::vector<at::Tensor>& params);

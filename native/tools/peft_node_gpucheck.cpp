@@ -292,7 +292,8 @@ int ddp(const Args& a) {
     std::vector<at::Tensor> params{at::zeros({10, 100}, o).requires_grad_(), at::zeros({7}, o).requires_grad_()};
     params[0].mutable_grad() = g1 * (rank + 1);
     params[1].mutable_grad() = g2 * (rank + 1);
-    pg.average_gradients(params);
+    const std::vector<double> counted = pg.average_gradients(params, {1.0, static_cast<double>(rank)});
+    const bool counters_ok = counted.size() == 2 && counted[0] == world && counted[1] == world * (world - 1) / 2.0;
     const double want = (world + 1) / 2.0;
     const double grad_err = std::max((params[0].grad() - g1 * want).abs().max().item<double>(),
                                      (params[1].grad() - g2 * want).abs().max().item<double>()) / (3.0 * want);
@@ -318,11 +319,11 @@ int ddp(const Args& a) {
       ms.push_back(seconds_since(ti) * 1000.0);
     }
     std::sort(ms.begin(), ms.end());
-    const bool ok = grad_err < 1e-6 && broadcast_ok && gather_ok && big[0].grad().eq(1).all().item<bool>();
+    const bool ok = grad_err < 1e-6 && counters_ok && broadcast_ok && gather_ok && big[0].grad().eq(1).all().item<bool>();
     if (rank == 0)
       std::printf("{\"check\":\"ddp\",\"device\":\"%s\",\"world\":%d,\"join_s\":%.3f,\"grad_err\":%.3g,"
-                  "\"broadcast_ok\":%s,\"gather_ok\":%s,\"numel\":%lld,\"average_ms_median\":%.3f,\"passed\":%s}\n",
-                  dev_name.c_str(), world, join_s, grad_err, broadcast_ok ? "true" : "false",
+                  "\"counters_ok\":%s,\"broadcast_ok\":%s,\"gather_ok\":%s,\"numel\":%lld,\"average_ms_median\":%.3f,\"passed\":%s}\n",
+                  dev_name.c_str(), world, join_s, grad_err, counters_ok ? "true" : "false", broadcast_ok ? "true" : "false",
                   gather_ok ? "true" : "false", (long long)numel, ms.empty() ? 0.0 : ms[ms.size() / 2],
                   ok ? "true" : "false");
     std::fflush(stdout);
