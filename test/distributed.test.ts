@@ -298,8 +298,8 @@ function until(cond: () => boolean, ms = 60_000): Promise<void> {
 }
 
 describe('peft-node train --nproc 2', () => {
-  const cli = (args: string[], cwd: string) => {
-    const p = spawn(process.execPath, [CLI, ...args], { cwd, env: { ...process.env, PEFT_NODE_CACHE: path.join(scratch, 'cache') }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const cli = (args: string[], cwd: string, env: NodeJS.ProcessEnv = {}) => {
+    const p = spawn(process.execPath, [CLI, ...args], { cwd, env: { ...process.env, PEFT_NODE_CACHE: path.join(scratch, 'cache'), ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     p.stdout!.on('data', (d) => (stdout += d));
     return { p, done: exited(p).then((r) => ({ ...r, stdout })), stdout: () => stdout };
@@ -320,6 +320,23 @@ describe('peft-node train --nproc 2', () => {
     a.forEach((e: Record<string, number>, i: number) => expect(Math.abs(e.loss - b[i].loss)).toBeLessThan(1e-5));
     const w = (d: string) => readSafetensors(path.join(scratch, d, 'adapter', 'adapter_model.safetensors')).tensors.get('prompt_embeddings')!;
     expect(maxRelErr(asNumbers(w('ddp')), asNumbers(w('single')))).toBeLessThan(1e-5);
+  });
+
+  it('two "machines" (--nnodes 2, one launcher each, on loopback) train like --nproc 2', async () => {
+    const port = String(await free_port());
+    // One thread each: both "machines" share this one's two cores.
+    const node = (rank: number) =>
+      cli(['train', '--nnodes', '2', '--node-rank', String(rank), '--master-addr', '127.0.0.1', '--master-port', port, '--output', `nodes-${rank}`, '--epochs', '2'], scratch, { OMP_NUM_THREADS: '1' });
+    const [a, b] = await Promise.all([node(0).done, node(1).done]);
+    expect([a.code, b.code]).toEqual([0, 0]);
+    expect(a.stderr).toMatch(new RegExp(`launching 1 worker \\(ranks 0-0 of 2; rendezvous at 127.0.0.1:${port}\\)`));
+    // Only rank 0 talks; each machine's first worker prints the log lines, as HF's PrinterCallback (local process zero).
+    expect(b.stdout).not.toMatch(/trainable params|Model:|Trained/);
+    expect(b.stdout).toMatch(/'loss'/);
+    const ref = await cli(['train', '--nproc', '2', '--output', 'nodes-ref', '--epochs', '2'], scratch).done;
+    const w = (d: string) => asNumbers(readSafetensors(path.join(scratch, d, 'adapter', 'adapter_model.safetensors')).tensors.get('prompt_embeddings')!);
+    expect(maxRelErr(w('nodes-0'), w('nodes-ref'))).toBe(0);
+    expect(fs.existsSync(path.join(scratch, 'nodes-1', 'adapter'))).toBe(false);
   });
 
   it('workers exit when their launcher is killed outright', async () => {
