@@ -97,27 +97,31 @@ def log(*a):
 # ======================================================================================================================
 # Worker (one process = one rank; or the single process)
 # ======================================================================================================================
+def deterministic_rows(spec):
+    """One thread, deterministic algorithms, quiet transformers; the run's dataset rows and the fixture tokenizer."""
+    import transformers
+    from transformers import AutoTokenizer
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    with open(DATASET, encoding="utf-8") as f:
+        rows = json.load(f)[: spec["rows"]]
+    return rows, AutoTokenizer.from_pretrained(T.TOK_DIR)
+
+
 def worker(name, tmp):
     import transformers
-    import transformers.trainer as hf_trainer_mod
-    import transformers.trainer_utils as hf_trainer_utils_mod
     import accelerate
     import peft
     import peft.peft_model as peft_model_mod
-    from transformers import AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
     from transformers import set_seed
     from peft import PrefixTuningConfig, get_peft_model
 
     spec = RUN_BY_NAME[name]
     os.chdir(REPO_ROOT)
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-
-    with open(DATASET, encoding="utf-8") as f:
-        rows = json.load(f)[: spec["rows"]]
-    tok = AutoTokenizer.from_pretrained(T.TOK_DIR)
+    rows, tok = deterministic_rows(spec)
 
     out_dir = os.path.join(tmp, name, "output")
     kwargs = {**passed_args(spec), "output_dir": out_dir}
@@ -302,15 +306,9 @@ def worker(name, tmp):
 
     trainer._clip_grad_norm = clip
 
-    clock = T.FakeClock()
-    saved_time = (hf_trainer_mod.time, hf_trainer_utils_mod.time)
-    hf_trainer_mod.time = clock
-    hf_trainer_utils_mod.time = clock
-    try:
+    with T.fake_hf_clock() as clock:
         with contextlib.redirect_stdout(io.StringIO()) as printed, contextlib.redirect_stderr(io.StringIO()):
             out = trainer.train()
-    finally:
-        hf_trainer_mod.time, hf_trainer_utils_mod.time = saved_time
     peft_model_mod.safe_save_file = orig_safe_save
     torch.save = orig_torch_save
 
@@ -578,16 +576,9 @@ def replay_update1(spec, ranks):
     rank's micro-batches through PeftModel.forward(num_items_in_batch=<global count>), loss * world, backward
     (accumulating locally), then averages the ranks' local grads: (g_0 + g_1) / world. Checks that this is bit-exact
     to DDP's pre-clip grad of update 1, and that every micro-batch loss equals the recorded compute_loss value."""
-    import transformers
-    from transformers import AutoTokenizer, DataCollatorForSeq2Seq, set_seed
+    from transformers import DataCollatorForSeq2Seq, set_seed
     from peft import PrefixTuningConfig, get_peft_model
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    with open(DATASET, encoding="utf-8") as f:
-        rows = json.load(f)[: spec["rows"]]
-    tok = AutoTokenizer.from_pretrained(T.TOK_DIR)
+    rows, tok = deterministic_rows(spec)
     collator = DataCollatorForSeq2Seq(tokenizer=tok, padding=True)
     model = T.load_base()
     set_seed(42)

@@ -231,6 +231,19 @@ class FakeClock:
         return getattr(_real_time, name)
 
 
+@contextlib.contextmanager
+def fake_hf_clock():
+    """The Trainer's timing metrics from a FakeClock while the block runs; yields the clock (its `calls` count)."""
+    clock = FakeClock()
+    saved_time = (_hf_trainer_mod.time, _hf_trainer_utils_mod.time)
+    _hf_trainer_mod.time = clock
+    _hf_trainer_utils_mod.time = clock
+    try:
+        yield clock
+    finally:
+        _hf_trainer_mod.time, _hf_trainer_utils_mod.time = saved_time
+
+
 class LoggedDataset(torch.utils.data.Dataset):
     """Plain map-style dataset (like a datasets.Dataset row access) that records the order of index accesses."""
 
@@ -428,15 +441,9 @@ def run_trainer(spec, tok, datasets, tmp_root):
         "count_shifted": int((probe[0]["labels"][..., 1:] != -100).sum()),
     }
 
-    clock = FakeClock()
-    saved_time = (_hf_trainer_mod.time, _hf_trainer_utils_mod.time)
-    _hf_trainer_mod.time = clock
-    _hf_trainer_utils_mod.time = clock
-    try:
+    with fake_hf_clock() as clock:
         with contextlib.redirect_stdout(io.StringIO()) as printed, contextlib.redirect_stderr(io.StringIO()):
             out = trainer.train()
-    finally:
-        _hf_trainer_mod.time, _hf_trainer_utils_mod.time = saved_time
     run["progress_callback_stdout"] = printed.getvalue().splitlines()
 
     final = {n: p.detach().clone() for n, p in trainable}
