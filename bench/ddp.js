@@ -17,30 +17,12 @@ const net = require('node:net');
 const os = require('node:os');
 const path = require('node:path');
 
-const ROOT = path.resolve(__dirname, '..');
-const CACHE = path.join(process.env.PEFT_NODE_CACHE || path.join(os.homedir(), '.cache', 'peft-node'), 'bench');
-const common = JSON.parse(fs.readFileSync(path.join(__dirname, 'common.json'), 'utf8'));
-const arg = (name, fallback) => {
-  const i = process.argv.indexOf(name);
-  return i >= 0 ? process.argv[i + 1] : fallback;
-};
+const { CACHE, ROOT, arg, benchModel, common, findPython: findPythonFor } = require('./common');
 const log = (msg) => process.stderr.write(`bench:ddp: ${msg}\n`);
 const LOSS_RTOL = 1e-3;
 const NPROC = 2;
 
-// As bench/run.js.
-function findPython() {
-  const candidates = [process.env.PEFT_NODE_BENCH_PYTHON, path.join(CACHE, '..', 'bench-venv', 'bin', 'python')].filter(Boolean);
-  const ok = (py) => spawnSync(py, ['-c', 'import torch, transformers, peft, accelerate; print(torch.__version__)'], { encoding: 'utf8' }).status === 0;
-  for (const py of candidates) if (fs.existsSync(py) && ok(py)) return py;
-  const venv = path.join(CACHE, '..', 'bench-venv');
-  log(`building a Python venv for the PEFT side in ${venv} (pip's configured index/store; once)`);
-  if (spawnSync('python3', ['-m', 'venv', venv], { stdio: 'inherit' }).status !== 0) return null;
-  const req = fs.readFileSync(path.join(ROOT, 'scripts', 'requirements-fixtures.txt'), 'utf8').split('\n').filter((l) => /^(torch|transformers|peft|safetensors|accelerate)==/.test(l.trim()));
-  const pip = spawnSync(path.join(venv, 'bin', 'pip'), ['install', '--retries', '0', '--timeout', '10', ...req], { stdio: 'inherit' });
-  const py = path.join(venv, 'bin', 'python');
-  return pip.status === 0 && ok(py) ? py : null;
-}
+const findPython = () => findPythonFor(log);
 
 /** N equal-length rows (no padding on either side): random ids, the first ~19% of each row a prompt (labels -100). */
 function makeDataset(file, vocab, N, T, promptFraction) {
@@ -160,18 +142,8 @@ async function main() {
   for (const name of names) {
     const c = common.configs[name];
     if (!c) throw new Error(`unknown config ${name}`);
-    let dir, vocab;
-    if (c.fixture) {
-      dir = path.join(ROOT, c.fixture);
-      vocab = JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8')).vocab_size;
-    } else {
-      dir = path.join(CACHE, 'models', name);
-      if (!fs.existsSync(path.join(dir, 'config.json'))) {
-        log(`writing random weights for ${name} to ${dir}`);
-        execFileSync(py, [path.join(__dirname, 'make_model.py'), dir, c.hidden_size, c.n_layer, c.n_head, c.vocab_size].map(String), { stdio: 'inherit' });
-      }
-      vocab = c.vocab_size;
-    }
+    const { dir, shape } = benchModel(name, py, log);
+    const vocab = shape.vocab_size;
     const T = Number(arg('--seq-len', c.seq_len ?? 128));
     const B = c.batch;
     if (B % NPROC) throw new Error(`${name}: batch ${B} does not split over ${NPROC} processes`);

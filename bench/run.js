@@ -9,27 +9,9 @@ const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
 
-const ROOT = path.resolve(__dirname, '..');
-const CACHE = path.join(process.env.PEFT_NODE_CACHE || path.join(os.homedir(), '.cache', 'peft-node'), 'bench');
-const common = JSON.parse(fs.readFileSync(path.join(__dirname, 'common.json'), 'utf8'));
-const arg = (name, fallback) => {
-  const i = process.argv.indexOf(name);
-  return i >= 0 ? process.argv[i + 1] : fallback;
-};
+const { CACHE, ROOT, arg, benchModel, common, findPython: findPythonFor } = require('./common');
 const log = (msg) => process.stderr.write(`bench: ${msg}\n`);
-
-function findPython() {
-  const candidates = [process.env.PEFT_NODE_BENCH_PYTHON, path.join(CACHE, '..', 'bench-venv', 'bin', 'python')].filter(Boolean);
-  const ok = (py) => spawnSync(py, ['-c', 'import torch, transformers, peft; print(torch.__version__)'], { encoding: 'utf8' }).status === 0;
-  for (const py of candidates) if (fs.existsSync(py) && ok(py)) return py;
-  const venv = path.join(CACHE, '..', 'bench-venv');
-  log(`building a Python venv for the PEFT side in ${venv} (pip's configured index/store; once)`);
-  if (spawnSync('python3', ['-m', 'venv', venv], { stdio: 'inherit' }).status !== 0) return null;
-  const req = fs.readFileSync(path.join(ROOT, 'scripts', 'requirements-fixtures.txt'), 'utf8').split('\n').filter((l) => /^(torch|transformers|peft|safetensors|accelerate)==/.test(l.trim()));
-  const pip = spawnSync(path.join(venv, 'bin', 'pip'), ['install', '--retries', '0', '--timeout', '10', ...req], { stdio: 'inherit' });
-  const py = path.join(venv, 'bin', 'python');
-  return pip.status === 0 && ok(py) ? py : null;
-}
+const findPython = () => findPythonFor(log);
 
 /** The same deterministic batch for both sides: random ids, the first ~19% of each row a prompt (labels -100). */
 function makeBatch(file, vocab, B, T, promptFraction, promptLen) {
@@ -73,20 +55,9 @@ function main() {
   for (const name of names) {
     const c = common.configs[name];
     if (!c) throw new Error(`unknown config ${name}`);
-    let dir;
-    let shape = c;
-    if (c.fixture) {
-      dir = path.join(ROOT, c.fixture);
-      const cfg = JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8'));
-      shape = { ...c, hidden_size: cfg.hidden_size, n_layer: cfg.n_layer, n_head: cfg.n_head, vocab_size: cfg.vocab_size };
-    } else {
-      dir = path.join(CACHE, 'models', name);
-      if (!fs.existsSync(path.join(dir, 'config.json'))) {
-        if (!py) { log(`skipping ${name}: its random weights are made with Python`); continue; }
-        log(`writing random weights for ${name} to ${dir}`);
-        execFileSync(py, [path.join(__dirname, 'make_model.py'), dir, c.hidden_size, c.n_layer, c.n_head, c.vocab_size].map(String), { stdio: 'inherit' });
-      }
-    }
+    const model = benchModel(name, py, log);
+    if (!model) { log(`skipping ${name}: its random weights are made with Python`); continue; }
+    const { dir, shape } = model;
     const batchFile = path.join(CACHE, `batch-${name}.json`);
     makeBatch(batchFile, shape.vocab_size, c.batch, c.seq_len, c.prompt_fraction, c.gen_prompt);
     const settings = JSON.stringify({ num_virtual_tokens: common.num_virtual_tokens, prefix_projection: common.prefix_projection, warmup: common.warmup, repeats, learning_rate: common.learning_rate, gen_new: c.gen_new });
