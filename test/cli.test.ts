@@ -210,7 +210,7 @@ test('info on a model directory: architecture, sizes and the parameter count fro
   expect(json.prefix_tuning.line).toBe(TRAINABLE_LINE);
 });
 
-test('doctor reports libtorch, the addon, CUDA, threads, Node and N-API, and exits 0', () => {
+test('doctor reports libtorch, the addon, CUDA, threads, data parallelism, Node and N-API, and exits 0', () => {
   const ws = workspace('doctor');
   const r = cli(['doctor'], ws);
   expect(r.stderr).not.toMatch(STACK);
@@ -219,6 +219,7 @@ test('doctor reports libtorch, the addon, CUDA, threads, Node and N-API, and exi
   expect(r.stdout).toMatch(/N-API \d+/);
   expect(r.stdout).toMatch(/cuda\s+(not available|available: \d+ device)/);
   expect(r.stdout).toMatch(/threads\s+\d+ intra-op threads/);
+  expect(r.stdout).toMatch(/parallel\s+data-parallel training \(train --nproc N\): gloo/);
   const json = JSON.parse(cli(['doctor', '--json'], ws).stdout);
   expect(json.ok).toBe(true);
   expect(json.checks.map((c: { name: string }) => c.name)).toEqual(expect.arrayContaining(['libtorch', 'variant', 'binary', 'addon', 'torch', 'cuda', 'threads', 'node']));

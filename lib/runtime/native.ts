@@ -126,6 +126,8 @@ export interface NativeInfo {
   /** Exact mode: transformers' op graph, bit-identical to PEFT on one thread (see set_exact_mode). */
   exactMode: boolean;
   parallelInfo: string;
+  /** Data-parallel backends of this build: ["gloo"], or [] when it was built without (see README). */
+  distributedBackends: string[];
 }
 
 /** A model directory's weights as stored, whatever their format (native/binding/checkpoint_wrap.cpp); for convert. */

@@ -63,6 +63,10 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
     o.Set("numThreads", at::get_num_threads());
     o.Set("exactMode", exact_mode());
     o.Set("parallelInfo", at::get_parallel_info());
+    const std::vector<std::string> backends = distributed_backends();
+    Napi::Array b = Napi::Array::New(env, backends.size());
+    for (size_t i = 0; i < backends.size(); ++i) b.Set(static_cast<uint32_t>(i), backends[i]);
+    o.Set("distributedBackends", b);
     return o;
   });
 }

@@ -66,6 +66,14 @@ class QuietJoinLogs {
 
 }  // namespace
 
+std::vector<std::string> distributed_backends() {
+#ifdef PEFT_NODE_GLOO
+  return {"gloo"};
+#else
+  return {};
+#endif
+}
+
 ProcessGroup::ProcessGroup(const ProcessGroupOptions& opts) : opts_(opts) {
   if (opts.world_size < 1) fail(codes::kInvalidInput, "world_size must be >= 1");
   if (opts.rank < 0 || opts.rank >= opts.world_size)

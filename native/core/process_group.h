@@ -31,6 +31,9 @@ struct ProcessGroupOptions {
   std::string backend = "gloo";
 };
 
+// The process-group backends this build has ("gloo", or none when its libtorch's Gloo header was unusable).
+std::vector<std::string> distributed_backends();
+
 class ProcessGroup {
  public:
   // Joins the group: connects to (or hosts) the store and builds the backend. ERR_DISTRIBUTED on any failure

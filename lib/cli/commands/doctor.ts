@@ -140,6 +140,15 @@ export async function handler(args: Args): Promise<number> {
         (typeof exact === 'boolean' ? `; exact mode ${exact ? 'on' : 'off'}` : ''),
       { num_threads: info.numThreads, parallel_info: info.parallelInfo, exact_mode: typeof exact === 'boolean' ? exact : null },
     );
+    const backends = info.distributedBackends ?? [];
+    add(
+      'parallel',
+      backends.length ? 'info' : 'warn',
+      backends.length
+        ? `data-parallel training (train --nproc N): ${backends.join(', ')}`
+        : 'no data-parallel training in this build (its libtorch has no usable Gloo process group)',
+      { distributed_backends: backends },
+    );
   } catch (err) {
     add('addon', 'fail', firstLine(err));
   }
