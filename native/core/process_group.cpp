@@ -156,28 +156,32 @@ void ProcessGroup::all_reduce_sum(at::Tensor& t, const char* what) {
 std::vector<double> ProcessGroup::average_gradients(const std::vector<at::Tensor>& params,
                                                     const std::vector<double>& counters) {
   if (params.empty() && counters.empty()) return {};
-  std::vector<at::Tensor> flat;
-  flat.reserve(params.size() + 1);
-  const double inv = 1.0 / static_cast<double>(opts_.world_size);
-  // One bucket in the parameters' dtype and device (a prefix is float32); the counters go at its end.
+  // One bucket in the parameters' dtype and device (a prefix is float32), each grad scaled straight into its slice
+  // as DDP's reducer does (mul_out, no temporary per grad); the counters go at its end.
   const at::TensorOptions bucket_options =
       params.empty() ? at::TensorOptions().dtype(at::kFloat) : params[0].options().requires_grad(false);
+  int64_t total = static_cast<int64_t>(counters.size());
+  for (const at::Tensor& p : params) total += p.numel();
+  at::Tensor bucket = at::empty({total}, bucket_options);
+  const at::Tensor inv = at::scalar_tensor(1.0 / static_cast<double>(opts_.world_size), at::kDouble);
+  int64_t offset = 0;
   for (const at::Tensor& p : params) {
-    const at::Tensor& g = p.grad();
-    flat.push_back(g.defined() ? (g * inv).reshape(-1) : at::zeros({p.numel()}, bucket_options));
+    at::Tensor slice = bucket.narrow(0, offset, p.numel()).view(p.sizes());
+    offset += p.numel();
+    if (p.grad().defined()) {
+      at::mul_out(slice, p.grad(), inv);
+    } else {
+      slice.zero_();
+    }
   }
-  if (!counters.empty()) {
-    at::Tensor c = at::tensor(counters, at::TensorOptions().dtype(at::kDouble));
-    flat.push_back(c.to(bucket_options));
-  }
-  at::Tensor bucket = at::cat(flat);
+  if (!counters.empty()) bucket.narrow(0, offset, total - offset).copy_(at::tensor(counters, at::TensorOptions().dtype(at::kDouble)));
   all_reduce_sum(bucket, "all-reduce of the gradients");
   std::vector<double> summed;
   if (!counters.empty()) {
-    at::Tensor c = bucket.narrow(0, bucket.numel() - static_cast<int64_t>(counters.size()), counters.size()).to(at::kCPU);
-    for (int64_t i = 0; i < c.numel(); ++i) summed.push_back(c[i].item<double>());
+    at::Tensor c = bucket.narrow(0, offset, total - offset).to(at::kCPU, at::kDouble).contiguous();
+    summed.assign(c.data_ptr<double>(), c.data_ptr<double>() + c.numel());
   }
-  int64_t offset = 0;
+  offset = 0;
   for (const at::Tensor& p : params) {
     at::Tensor part = bucket.narrow(0, offset, p.numel()).view(p.sizes());
     offset += p.numel();
