@@ -68,7 +68,8 @@ export function free_port(host = '127.0.0.1'): Promise<number> {
   });
 }
 
-function describeExit(e: WorkerExit): string {
+/** "exited with code N" / "was killed by SIGNAL". */
+export function describe_exit(e: Pick<WorkerExit, 'code' | 'signal'>): string {
   return e.signal ? `was killed by ${e.signal}` : `exited with code ${e.code}`;
 }
 
@@ -145,7 +146,7 @@ export async function launch(options: LaunchOptions): Promise<LaunchResult> {
           const ok = code === 0 || (interrupted && code === 130);
           if (!ok && !stopping) {
             failures.push(e);
-            log(`worker rank ${rank} (local rank ${local_rank}, pid ${proc.pid}) ${describeExit(e)}: stopping the other workers`);
+            log(`worker rank ${rank} (local rank ${local_rank}, pid ${proc.pid}) ${describe_exit(e)}: stopping the other workers`);
             stopAll();
           }
           if (--running === 0) resolve();

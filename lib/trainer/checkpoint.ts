@@ -27,7 +27,9 @@ export interface ResumeState {
   ranks?: { tr_loss: number; current_flos: number }[];
 }
 
+// A float32 loss accumulator as 8 hex digits (its exact bits; JSON would print NaN as null) and back.
 const f32hex = (v: number) => Buffer.from(new Float32Array([v]).buffer).toString('hex');
+const hexf32 = (hex: string) => new Float32Array(new Uint8Array(Buffer.from(hex, 'hex')).buffer)[0];
 
 const PREFIX = 'checkpoint-';
 const TRAINABLE = 'trainable_state.safetensors';
@@ -197,7 +199,7 @@ function read_resume_state(file: string, global_step: number, process_: { rank: 
   if (raw.tr_loss_bits !== undefined) {
     if (typeof raw.tr_loss_bits !== 'string' || !/^[0-9a-fA-F]{8}$/.test(raw.tr_loss_bits))
       throw bad(`'tr_loss_bits' must be 8 hex digits (a float32), got ${JSON.stringify(raw.tr_loss_bits)}`);
-    tr_loss = new Float32Array(new Uint8Array(Buffer.from(raw.tr_loss_bits, 'hex')).buffer)[0];
+    tr_loss = hexf32(raw.tr_loss_bits);
   } else tr_loss = num('tr_loss');
   const last = raw.globalstep_last_logged;
   if (!Number.isSafeInteger(last) || (last as number) < 0 || (last as number) > global_step)
@@ -213,7 +215,7 @@ function read_resume_state(file: string, global_step: number, process_: { rank: 
       const e = r as Record<string, unknown>;
       if (typeof e?.tr_loss_bits !== 'string' || !/^[0-9a-fA-F]{8}$/.test(e.tr_loss_bits) || typeof e.current_flos !== 'number' || !(e.current_flos >= 0))
         throw bad(`'ranks[${i}]' must be { tr_loss_bits: 8 hex digits, current_flos: a number >= 0 }, got ${JSON.stringify(r).slice(0, 80)}`);
-      return { tr_loss: new Float32Array(new Uint8Array(Buffer.from(e.tr_loss_bits, 'hex')).buffer)[0], current_flos: e.current_flos };
+      return { tr_loss: hexf32(e.tr_loss_bits), current_flos: e.current_flos };
     });
   }
   const saved = ranks.length;

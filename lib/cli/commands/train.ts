@@ -11,7 +11,7 @@ import { DataCollatorForSeq2Seq } from '../../data/data_collator';
 import { Dataset, Row } from '../../data/dataset';
 import { load_dataset } from '../../data/load_dataset';
 import { distributed_env } from '../../distributed/process_group';
-import { launch } from '../../distributed/launch';
+import { describe_exit, launch } from '../../distributed/launch';
 import { PeftNodeError } from '../../errors';
 import { AutoModelForCausalLM } from '../../models/auto';
 import { BloomConfig } from '../../models/bloom/configuration_bloom';
@@ -208,7 +208,7 @@ async function launch_workers(f: TrainFlags, args: Args): Promise<number> {
   });
   if (result.failures.length) {
     const first = result.failures[0];
-    note(`training failed: worker rank ${first.rank} ${first.signal ? `was killed by ${first.signal}` : `exited with code ${first.code}`}`);
+    note(`training failed: worker rank ${first.rank} ${describe_exit(first)}`);
   }
   return result.exit_code;
 }
