@@ -20,6 +20,8 @@ export { PrefixEncoder, PrefixEncoderOptions } from './peft/prefix_encoder';
 export { set_seed } from './runtime/rng';
 export { readSafetensors, writeSafetensors } from './utils/safetensors';
 export { runtime_info, set_exact_mode, set_num_threads } from './runtime/info';
+export { malloc_in_use_bytes } from './runtime/memory';
+export type { CpuInfo, NativeInfo as RuntimeInfo } from './runtime/native';
 export { PEFT_FORMAT_VERSION, PeftType, PrefixTuningConfig, PrefixTuningConfigFields, TaskType } from './peft/config';
 export {
   PeftForwardOptions,
@@ -31,6 +33,7 @@ export {
   format_trainable_parameters,
   get_peft_model,
 } from './peft/peft_model';
+export { get_peft_model_state_dict, set_peft_model_state_dict } from './peft/save_and_load';
 export { AutoTokenizer, AutoTokenizerOptions } from './tokenizer/auto';
 export {
   PreTrainedTokenizer,

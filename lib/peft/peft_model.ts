@@ -20,6 +20,7 @@ import { writeDirAtomic } from '../utils/fs_atomic';
 import { readSafetensors, serializeSafetensors } from '../utils/safetensors';
 import { CONFIG_NAME, PEFT_FORMAT_VERSION, PrefixTuningConfig, TaskType } from './config';
 import { PrefixEncoder } from './prefix_encoder';
+import { load_state_dict_into, read_state_dict } from './save_and_load';
 
 export const WEIGHTS_NAME = 'adapter_model.safetensors';
 
@@ -228,6 +229,27 @@ export class PeftModel implements AsyncDisposable {
       }
     }
     return out;
+  }
+
+  /**
+   * torch's state_dict() of PEFT's module: `base_model.transformer.…` and the tied `base_model.lm_head.weight`,
+   * `prompt_encoder.<adapter>.…` for every adapter, then `word_embeddings.weight` (PEFT registers the input
+   * embeddings again), as float32 copies; tied names share one Tensor.
+   */
+  async state_dict(): Promise<Record<string, Tensor>> {
+    return this.track(() => read_state_dict(this));
+  }
+
+  /**
+   * torch's load_state_dict: with `strict` (default) missing or unexpected keys are ERR_WEIGHT_MISSING naming them;
+   * a wrong shape is ERR_SHAPE_MISMATCH even when not strict. Everything is checked before anything is copied.
+   * Returns `{ missing_keys, unexpected_keys }`. Base-model keys write the base model's weights, as in torch.
+   */
+  async load_state_dict(
+    state: Record<string, Tensor>,
+    options: { strict?: boolean } = {},
+  ): Promise<{ missing_keys: string[]; unexpected_keys: string[] }> {
+    return this.track(() => load_state_dict_into(this, state, (options ?? {}).strict ?? true));
   }
 
   /** [trainable, all] as PEFT counts them (named_parameters, requires_grad). */

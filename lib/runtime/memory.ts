@@ -8,6 +8,7 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import { PeftNodeError } from '../errors';
+import { native } from './native';
 
 /** The longest typed array V8 makes (elements): results beyond it cannot be returned to JavaScript at all. */
 export const MAX_TYPED_ARRAY_LENGTH = 2 ** 32;
@@ -53,4 +54,13 @@ export function check_allocation(what: string, bytes: number, device: string, hi
 /** Bytes per element of a model dtype name. */
 export function dtype_bytes(dtype: string): number {
   return dtype === 'float64' ? 8 : dtype === 'float16' || dtype === 'bfloat16' ? 2 : 4;
+}
+
+/**
+ * Bytes the process's C heap holds in use (glibc's mallinfo2: every arena's allocated chunks plus mmapped blocks):
+ * libtorch's tensors, the addon's objects and Node's ArrayBuffers. Null where the C library does not say (musl,
+ * glibc < 2.33). Unlike RSS it does not move when the allocator trims or fragments, so a leak shows as its slope.
+ */
+export function malloc_in_use_bytes(): number | null {
+  return native().mallocInUse();
 }

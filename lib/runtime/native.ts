@@ -128,6 +128,22 @@ export interface NativeInfo {
   parallelInfo: string;
   /** Data-parallel backends of this build: ["gloo"], or [] when it was built without (see README). */
   distributedBackends: string[];
+  /** The CPU libtorch's kernels are picked for (native/core/cpu_info.h); float32 bits are reproducible where it matches. */
+  cpu: CpuInfo;
+}
+
+export interface CpuInfo {
+  /** cpuid's vendor: "GenuineIntel", "AuthenticAMD", … ("" off x86). */
+  vendor: string;
+  /** Display family and model, as /proc/cpuinfo's "cpu family" and "model". */
+  family: number;
+  model: number;
+  /** The brand string ("Intel(R) Xeon(R) Platinum 8480+", "AMD EPYC 9654 96-Core Processor"). */
+  modelName: string;
+  /** Usable ISA extensions among avx2, fma, avx512f, avx512_bf16, avx512_fp16, amx_bf16, amx_tile. */
+  isa: string[];
+  /** ATen's CPU capability, as torch.backends.cpu.get_cpu_capability(): "AVX512", "AVX2" or "DEFAULT". */
+  capability: string;
 }
 
 /** A model directory's weights as stored, whatever their format (native/binding/checkpoint_wrap.cpp); for convert. */
@@ -177,6 +193,8 @@ export interface NativeAddon {
   setExactMode(exact: boolean): void;
   shutdown?(): void;
   info(): NativeInfo;
+  /** Bytes in use on the C heap (glibc mallinfo2), or null off glibc. */
+  mallocInUse(): number | null;
 }
 
 let cached: NativeAddon | undefined;

@@ -4,7 +4,12 @@
 #include <napi.h>
 #include <torch/version.h>
 
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
 #include "binding/checkpoint_wrap.h"
+#include "core/cpu_info.h"
 #include "binding/objects.h"
 #include "binding/worker.h"
 
@@ -67,8 +72,31 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
     Napi::Array b = Napi::Array::New(env, backends.size());
     for (size_t i = 0; i < backends.size(); ++i) b.Set(static_cast<uint32_t>(i), backends[i]);
     o.Set("distributedBackends", b);
+    const CpuInfo cpu = cpu_info();
+    Napi::Object c = Napi::Object::New(env);
+    c.Set("vendor", cpu.vendor);
+    c.Set("family", cpu.family);
+    c.Set("model", cpu.model);
+    c.Set("modelName", cpu.model_name);
+    Napi::Array isa = Napi::Array::New(env, cpu.isa.size());
+    for (size_t i = 0; i < cpu.isa.size(); ++i) isa.Set(static_cast<uint32_t>(i), cpu.isa[i]);
+    c.Set("isa", isa);
+    c.Set("capability", cpu.capability);
+    o.Set("cpu", c);
     return o;
   });
+}
+
+// Bytes the C heap holds for the program (glibc: every arena's in-use chunks plus mmapped blocks), or null where
+// that is not known. Unlike RSS it does not move with the allocator's trimming and fragmentation: the leak check of
+// the long-run test reads it.
+Napi::Value MallocInUse(const Napi::CallbackInfo& info) {
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 33))
+  const struct mallinfo2 m = mallinfo2();
+  return Napi::Number::New(info.Env(), static_cast<double>(m.uordblks + m.hblkhd));
+#else
+  return info.Env().Null();
+#endif
 }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
@@ -88,6 +116,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("info", Napi::Function::New(env, Info, "info"));
   exports.Set("setExactMode", Napi::Function::New(env, SetExactMode, "setExactMode"));
   exports.Set("shutdown", Napi::Function::New(env, Shutdown, "shutdown"));
+  exports.Set("mallocInUse", Napi::Function::New(env, MallocInUse, "mallocInUse"));
   return exports;
 }
 

@@ -131,6 +131,15 @@ export async function handler(args: Args): Promise<number> {
         : `not available${info.builtWithCuda ? ' (the addon is built with CUDA, but no device is visible)' : ' (CPU build of libtorch)'}`,
       { available: info.cudaAvailable, device_count: info.cudaDeviceCount, built_with_cuda: info.builtWithCuda },
     );
+    const cpu = info.cpu;
+    if (cpu)
+      add(
+        'cpu',
+        'info',
+        `${cpu.modelName || cpu.vendor} (${cpu.vendor} family ${cpu.family} model ${cpu.model}); ATen kernels ${cpu.capability}; ` +
+          `${cpu.isa.length ? cpu.isa.join(' ') : 'no AVX2'} (float32 bits match PEFT's only on the same CPU and kernels: README, Exactness)`,
+        cpu,
+      );
     const backend = /ATen parallel backend: (.*)/.exec(info.parallelInfo)?.[1]?.trim();
     const exact = (info as { exactMode?: unknown }).exactMode;
     add(
