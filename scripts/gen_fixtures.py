@@ -60,6 +60,9 @@ from transformers import (  # noqa: E402
 from peft import PeftModel, PrefixTuningConfig, get_peft_model  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO_ROOT, "scripts"))
+from fixture_cpu import write_made_on  # noqa: E402
+
 FIX = "test/fixtures"  # relative to REPO_ROOT (the script chdirs there, so name_or_path values are repo-relative)
 
 TOKENIZER_TRAIN_VOCAB = 995  # deliberately not a multiple of 8: the model vocab is padded like real BLOOM's
@@ -781,6 +784,65 @@ def generation_cases(tok):
     return out
 
 
+def state_dict_cases(tok):
+    """PEFT's state-dict API on a prefix-tuning model: torch's state_dict() keys, get_peft_model_state_dict,
+    set_peft_model_state_dict's result (or error), load_state_dict's strict error, and the logits after setting a
+    prefix through set_peft_model_state_dict (golden/state_dict.json + state_dict.safetensors)."""
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+    def shapes(sd):
+        return [[k, list(v.shape)] for k, v in sd.items()]
+
+    def error_of(fn):
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001 - the message is the fixture
+            return f"{type(e).__name__}: {e}"
+        return None
+
+    out = {}
+    for name, proj in (("noproj", False), ("proj", True)):
+        torch.manual_seed(0)
+        pm = get_peft_model(load_hf(os.path.join(FIX, "tiny-bloom"), dtype=torch.float32),
+                            PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4, prefix_projection=proj))
+        sd = pm.state_dict()
+        psd = get_peft_model_state_dict(pm)
+        entry = dict(num_virtual_tokens=4, prefix_projection=proj, state_dict=shapes(sd),
+                     named_parameters=[n for n, _ in pm.named_parameters()], peft_state_dict=shapes(psd))
+        entry["load_own"] = list(map(list, pm.load_state_dict(sd)))
+        bad = dict(sd)
+        bad.pop("prompt_encoder.default.embedding.weight")
+        bad["foo.bar"] = torch.zeros(1)
+        entry["strict_error"] = error_of(lambda: pm.load_state_dict(bad))
+        r = pm.load_state_dict(bad, strict=False)
+        entry["non_strict"] = dict(missing_keys=r.missing_keys, unexpected_keys=r.unexpected_keys)
+        wrong = dict(sd)
+        wrong["prompt_encoder.default.embedding.weight"] = torch.zeros(3, 5)
+        entry["shape_error"] = error_of(lambda: pm.load_state_dict(wrong, strict=False))
+        res = {}
+        entry["set_peft_error"] = error_of(lambda: res.update(r=set_peft_model_state_dict(pm, psd)))
+        if "r" in res:
+            entry["set_peft"] = dict(missing_keys=res["r"].missing_keys, unexpected_keys=res["r"].unexpected_keys)
+        out[name] = entry
+
+    # A prefix set through set_peft_model_state_dict on a loaded adapter (inference mode), then a forward.
+    adir = os.path.join(FIX, "golden", "h4_proj_sum.adapter")
+    loaded = PeftModel.from_pretrained(load_hf(os.path.join(FIX, "tiny-bloom"), dtype=torch.float32), adir)
+    g = torch.Generator().manual_seed(2024)
+    emb = (torch.randn(4, 2 * N_LAYER * 32, generator=g) * 0.5).contiguous()
+    r = set_peft_model_state_dict(loaded, {"prompt_embeddings": emb})
+    out["loaded_set"] = dict(missing_keys=r.missing_keys, unexpected_keys=r.unexpected_keys,
+                             state_dict=shapes(loaded.state_dict()))
+    ids = torch.tensor([prompt_ids(tok, "Say hi.")])
+    with torch.no_grad():
+        logits = loaded(input_ids=ids).logits
+    tensors = {"prompt_embeddings": emb, "input_ids": ids, "logits": logits.contiguous()}
+    save_st(os.path.join(FIX, "golden", "state_dict.safetensors"), tensors)
+    log(f"[state_dict] noproj {len(out['noproj']['state_dict'])} keys, proj {len(out['proj']['state_dict'])} keys; "
+        f"set_peft on proj: {out['proj']['set_peft_error']}")
+    return out
+
+
 def readme(vocab_tok, vocab_model):
     return f"""# test/fixtures
 
@@ -803,6 +865,15 @@ safetensors {safetensors.__version__}, tokenizers {tokenizers.__version__}.
   `labels`, `logits`, `loss`, `param.<peft name>` (initial values), `grad.<peft name>` (after `loss.backward()`),
   `prompt_embeddings`; `golden/<case>.adapter/`: `PeftModel.save_pretrained` output (README.md dropped).
 - `golden/tokenizer_cases.json`: transformers `AutoTokenizer` encode/decode results for assorted strings.
+- `golden/state_dict.json` + `state_dict.safetensors`: PEFT's `state_dict()` keys, `get_peft_model_state_dict`,
+  `set_peft_model_state_dict` results and errors, `load_state_dict` strict errors; a prefix set through
+  `set_peft_model_state_dict` on a loaded adapter and PEFT's logits after it.
+- `golden/made_on.json`, `trainer/made_on.json`, `ddp/made_on.json`: the CPU each set was computed on
+  (`scripts/fixture_cpu.py`); bit-exact assertions run only on a matching CPU, tolerances elsewhere.
+- `cpu_spread.json`: how far PEFT's own golden numbers move under other CPU kernels and thread counts
+  (`scripts/measure_cpu_spread.py`), the measured basis of the cross-CPU tolerances.
+- `bin/`: `pytorch_model.bin` fixtures (torch.save zip format: good, malformed, malicious), generated by
+  `scripts/gen_fixtures_bin.py`; `bin/README.md` lists them.
 """
 
 
@@ -829,6 +900,8 @@ def main():
     entries = [run_case(c, tok) for c in CASES]
     write_json(os.path.join(gdir, "cases.json"), entries)
     write_json(os.path.join(gdir, "generation.json"), generation_cases(tok))
+    write_json(os.path.join(gdir, "state_dict.json"), state_dict_cases(tok))
+    write_made_on(gdir)
     with open(os.path.join(FIX, "README.md"), "w", encoding="utf-8") as f:
         f.write(readme(n_tok, vocab))
 

@@ -44,6 +44,7 @@ sys.path.insert(0, os.path.join(REPO_ROOT, "scripts"))
 
 import torch  # noqa: E402
 import gen_fixtures_trainer as T  # noqa: E402  (helpers only; importing it runs nothing)
+from fixture_cpu import write_made_on  # noqa: E402
 
 FIX = "test/fixtures"
 OUT = os.path.join(FIX, "ddp")
@@ -827,6 +828,7 @@ def parent():
                 f"max_rel={c['log_loss']['max_rel']:.3g} training_loss diff={c['training_loss']['max_abs']:.3g}")
     T.write_json(os.path.join(OUT, "compare.json"), T.jsonable(compare))
     T.write_json(os.path.join(OUT, "shard_table.json"), shard_table())
+    write_made_on(OUT, threads=1)  # per rank (OMP_NUM_THREADS=1 and torch.set_num_threads(1) in every worker)
     with open(os.path.join(OUT, "README.md"), "w", encoding="utf-8") as f:
         f.write(README)
     total = sum(os.path.getsize(os.path.join(OUT, x)) for x in os.listdir(OUT))

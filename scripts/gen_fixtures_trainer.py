@@ -65,6 +65,7 @@ from peft import PrefixTuningConfig, get_peft_model  # noqa: E402
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO_ROOT, "scripts"))
 import gen_fixtures as G  # noqa: E402  (reference forward `ref`; importing it runs nothing)
+from fixture_cpu import write_made_on  # noqa: E402
 
 FIX = "test/fixtures"
 OUT = os.path.join(FIX, "trainer")
@@ -866,6 +867,7 @@ def main():
     summary["fused_vs_nonfused_run_proj"] = fvn
     log(f"[fused vs non-fused] {fvn}")
     write_json(os.path.join(OUT, "summary.json"), summary)
+    write_made_on(OUT)
     with open(os.path.join(OUT, "README.md"), "w", encoding="utf-8") as f:
         f.write(README)
     total = sum(os.path.getsize(os.path.join(OUT, x)) for x in os.listdir(OUT))

@@ -2,8 +2,10 @@
  * Data-parallel training (issue #10) on loopback with Gloo: each rank is its own Node process (test/workers/
  * ddp-train.js) started with torchrun's variables, directly or through launch() / `peft-node train --nproc`.
  *
- * - Against the REAL HF Trainer under torchrun (scripts/gen_fixtures_ddp.py): in exact mode on one thread per rank the
- *   logged losses, grad norms, total_flos, each rank's train_loss and the final prefix are bit-identical.
+ * - Against the REAL HF Trainer under torchrun (scripts/gen_fixtures_ddp.py): in exact mode on one thread per rank, on
+ *   the CPU the fixtures were made on (ddp/made_on.json), the logged losses, grad norms, total_flos, each rank's
+ *   train_loss and the final prefix are bit-identical; on another CPU the same runs are held to the cross-CPU
+ *   tolerances of test/tolerances.ts (total_flos, steps, epochs and learning rates still exactly).
  * - 2 processes × batch 2 against 1 process × batch 4 (our own runs, default fast mode): prefix within 1e-5
  *   relative, logged losses within 1e-5.
  * - Faults: a killed worker, a busy port, an unreachable master, ranks that disagree; exact resume of a 2-process run.
@@ -16,9 +18,11 @@ import { PeftNodeError, destroy_process_group, init_process_group, launch } from
 import { free_port } from '../lib/distributed/launch';
 import { dataloader_length, float32_mean, shard_batches } from '../lib/trainer/data_parallel';
 import { readSafetensors } from '../lib/utils/safetensors';
-import { FIXTURES, asNumbers, maxRelErr, tmpDir } from './helpers';
+import { ErrorLog, FIXTURES, asNumbers, fixtureFidelity, maxRelErr, tmpDir } from './helpers';
+import { trainerTolerance } from './tolerances';
 
 const DDP = path.join(FIXTURES, 'ddp');
+const fidelity = fixtureFidelity(DDP);
 const WORKER = path.join(__dirname, 'workers', 'ddp-train.js');
 const CLI = path.join(__dirname, '..', 'bin', 'peft-node.js');
 const TIMING = new Set(['train_runtime', 'train_samples_per_second', 'train_steps_per_second']);
@@ -122,9 +126,13 @@ describe('against HF Trainer under torchrun (Gloo, 2 processes)', () => {
     tensors: readSafetensors(path.join(DDP, `${name}.safetensors`)).tensors,
   });
 
-  it.each(['ddp_noproj', 'ddp_proj_ga2', 'ddp_uneven', 'ddp_logrem'])('%s: bit-identical in exact mode', async (name) => {
+  const errors = new ErrorLog(fidelity);
+  afterAll(() => errors.print('torchrun runs vs HF Trainer under torchrun'));
+
+  it.each(['ddp_noproj', 'ddp_proj_ga2', 'ddp_uneven', 'ddp_logrem'])(`%s: one thread per rank, exact mode: ${fidelity.label}`, async (name) => {
     const { run, tensors } = golden(name);
     const s = run.settings;
+    const tol = trainerTolerance(name, 'ddp');
     const { use_cpu: _c, dataloader_num_workers: _w, ddp_backend, disable_tqdm: _t, ...passed } = s.training_args_passed;
     const { exits, results } = await runRanks(
       {
@@ -144,12 +152,31 @@ describe('against HF Trainer under torchrun (Gloo, 2 processes)', () => {
       // Every rank's log_history is rank 0's in Python, except train_loss: each rank adds its own unlogged remainder.
       const ref = strip(run.log_history);
       ref[ref.length - 1].train_loss = run.train_output_per_rank[r.rank].training_loss;
-      expect(strip(r.log_history)).toEqual(ref);
-      expect(r.output.training_loss).toBe(run.train_output_per_rank[r.rank].training_loss);
+      const ours = strip(r.log_history);
+      if (fidelity.bitExact) {
+        expect(ours).toEqual(ref);
+        expect(r.output.training_loss).toBe(run.train_output_per_rank[r.rank].training_loss);
+      } else {
+        expect(ours.map((e) => Object.keys(e))).toEqual(ref.map((e) => Object.keys(e)));
+        let lossErr = Math.abs(r.output.training_loss - run.train_output_per_rank[r.rank].training_loss);
+        let gnErr = 0;
+        ours.forEach((e, i) => {
+          for (const [k, v] of Object.entries(ref[i])) {
+            if (k === 'loss' || k === 'train_loss') lossErr = Math.max(lossErr, Math.abs(e[k] - v));
+            else if (k === 'grad_norm') gnErr = Math.max(gnErr, Math.abs(e[k] - v) / Math.abs(v));
+            else expect([i, k, e[k]]).toEqual([i, k, v]); // learning_rate, epoch, step, total_flos: exact
+          }
+        });
+        errors.add(`${name} rank ${r.rank} logged loss (abs; bound ${tol.loss.toExponential(1)})`, lossErr);
+        errors.add(`${name} rank ${r.rank} grad_norm (rel; bound ${tol.grad_norm.toExponential(1)})`, gnErr);
+        expect(lossErr).toBeLessThanOrEqual(tol.loss);
+        expect(gnErr).toBeLessThanOrEqual(tol.grad_norm);
+      }
       expect(r.state.is_world_process_zero).toBe(r.rank === 0);
       for (const [n, v] of Object.entries(r.params)) {
-        const want = tensors.get(`param_final.${n}`)!;
-        expect([n, maxRelErr(v, asNumbers(want))]).toEqual([n, 0]);
+        const err = maxRelErr(v, asNumbers(tensors.get(`param_final.${n}`)!));
+        errors.add(`${name} rank ${r.rank} final ${n} (rel; bound ${tol.param.toExponential(1)})`, err);
+        expect([n, err <= (fidelity.bitExact ? 0 : tol.param)]).toEqual([n, true]);
       }
     }
     expect(ranks[0].output.metrics.total_flos).toBe(run.train_output.metrics.total_flos);
@@ -159,9 +186,12 @@ describe('against HF Trainer under torchrun (Gloo, 2 processes)', () => {
       const ours = JSON.parse(fs.readFileSync(path.join(ckpt, 'trainer_state.json'), 'utf8'));
       const ref = JSON.parse(fs.readFileSync(path.join(DDP, 'ddp_checkpoint_trainer_state.json'), 'utf8'));
       expect(ours.stateful_callbacks.DataParallel).toEqual({ args: { world_size: 2 }, attributes: {} });
-      const { stateful_callbacks: _a, ...oursRest } = ours;
-      const { stateful_callbacks: _b, ...refRest } = ref;
+      const { stateful_callbacks: _a, log_history: oursLog, ...oursRest } = ours;
+      const { stateful_callbacks: _b, log_history: refLog, ...refRest } = ref;
       expect(oursRest).toEqual(refRest);
+      // Its log_history is the run's, compared above (bit for bit or within the tolerances).
+      if (fidelity.bitExact) expect(oursLog).toEqual(refLog);
+      else expect(oursLog.map((e: object) => Object.keys(e))).toEqual(refLog.map((e: object) => Object.keys(e)));
       expect(fs.readdirSync(path.join(scratch, `${name}-out`)).filter((f) => f.startsWith('.'))).toEqual([]);
     }
   });

@@ -4,6 +4,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { readSafetensors, writeSafetensors } from '../lib/utils/safetensors';
 import { Tensor } from '../lib/tensor';
+import { BloomForCausalLM, PrefixTuningConfig, Trainer, TrainingArguments, get_peft_model, runtime_info, set_exact_mode, set_num_threads, set_seed } from '../lib';
 
 export const FIXTURES = path.join(__dirname, 'fixtures');
 export const GOLDEN = path.join(FIXTURES, 'golden');
@@ -72,18 +73,28 @@ export function tmpDir(prefix = 'peft-node-test-'): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
 }
 
-/** Records the worst errors seen, printed once at the end of a test file (the closing notes quote them). */
+/**
+ * Records the worst errors seen, printed once at the end of a test file (the closing notes quote them) with the mode
+ * the file ran in. With PEFT_NODE_TEST_ERROR_LOG=<file> the rows are also appended there as JSON lines (the
+ * cross-CPU test reads them back from a child run).
+ */
 export class ErrorLog {
   private readonly rows: [string, number][] = [];
+  constructor(private readonly fidelity?: Fidelity) {}
   add(what: string, err: number): number {
     this.rows.push([what, err]);
     return err;
   }
   print(title: string): void {
     const worst = this.rows.reduce((m, [, e]) => Math.max(m, e), 0);
+    const mode = this.fidelity ? ` [one thread, exact mode: ${this.fidelity.label}]` : '';
     // eslint-disable-next-line no-console
-    console.log(`${title}: worst relative error ${worst.toExponential(2)} over ${this.rows.length} comparisons\n` +
+    console.log(`${title}${mode}: worst relative error ${worst.toExponential(2)} over ${this.rows.length} comparisons\n` +
       this.rows.map(([w, e]) => `  ${w}: ${e.toExponential(2)}`).join('\n'));
+    const file = process.env.PEFT_NODE_TEST_ERROR_LOG;
+    if (file) {
+      fs.appendFileSync(file, this.rows.map(([what, err]) => JSON.stringify({ title, bitExact: this.fidelity?.bitExact, what, err }) + '\n').join(''));
+    }
   }
 }
 
@@ -126,4 +137,127 @@ export function leftPadCollator(features: Record<string, unknown>[]) {
     attention_mask: features.map((f) => left(f.attention_mask as number[], 0)),
     labels: features.map((f) => left(f.labels as number[], -100)),
   };
+}
+
+/** The CPU a fixture set was computed on (scripts/fixture_cpu.py writes `<set>/made_on.json`). */
+export interface MadeOn {
+  vendor: string;
+  family: number;
+  model: number;
+  model_name: string;
+  isa: string[];
+  capability: string;
+  torch: string;
+  threads: number;
+  kernel_env: Record<string, string>;
+}
+
+/** Environment variables that make MKL, oneDNN or ATen pick other kernels on the same CPU (as scripts/fixture_cpu.py). */
+export const KERNEL_ENV = ['ATEN_CPU_CAPABILITY', 'MKL_CBWR', 'MKL_ENABLE_INSTRUCTIONS', 'MKL_DEBUG_CPU_TYPE', 'ONEDNN_MAX_CPU_ISA',
+  'DNNL_MAX_CPU_ISA', 'ONEDNN_DEFAULT_FPMATH_MODE'];
+
+export interface Fidelity {
+  /** True where this process picks the kernels the fixtures were made with: bit-identity is then asserted. */
+  bitExact: boolean;
+  madeOn: MadeOn;
+  /** Why not (the first field that differs), or '' when bit-exact. */
+  reason: string;
+  /** For test titles: "bit-exact" or "tolerance mode (…why…)". */
+  label: string;
+}
+
+/**
+ * Whether a fixture set's bits can be expected here. PyTorch's float32 results are bit-reproducible only where the
+ * same kernels run: MKL, oneDNN and ATen dispatch on the CPU's vendor, family / model and ISA and on ATen's capability
+ * (ATEN_CPU_CAPABILITY caps it), and some environment variables redirect them. The brand string is not compared (a
+ * virtual machine's cpuid and /proc/cpuinfo can disagree on it; family and model identify the microarchitecture).
+ * Where anything differs, the tests that assert bit-identity compare with the cross-CPU tolerances (test/tolerances.ts).
+ */
+export function fixtureFidelity(setDir: string): Fidelity {
+  const madeOn: MadeOn = JSON.parse(fs.readFileSync(path.join(setDir, 'made_on.json'), 'utf8'));
+  const info = runtime_info();
+  const cpu = info.cpu;
+  const env = Object.fromEntries(KERNEL_ENV.filter((k) => process.env[k] !== undefined).map((k) => [k, process.env[k] as string]));
+  const differs: [string, unknown, unknown][] = [
+    ['torch', madeOn.torch, info.torchVersion.split('+')[0]],
+    ['vendor', madeOn.vendor, cpu.vendor],
+    ['family', madeOn.family, cpu.family],
+    ['model', madeOn.model, cpu.model],
+    ['ISA', madeOn.isa.join(' '), cpu.isa.join(' ')],
+    ['ATen capability', madeOn.capability, cpu.capability],
+    ['kernel environment', JSON.stringify(madeOn.kernel_env ?? {}), JSON.stringify(env)],
+  ];
+  const d = differs.find(([, a, b]) => a !== b);
+  const reason = d ? `fixtures made with ${d[0]} ${JSON.stringify(d[1])}, this process has ${JSON.stringify(d[2])}` : '';
+  return { bitExact: !d, madeOn, reason, label: d ? `tolerance mode (${reason})` : 'bit-exact' };
+}
+
+/** A golden Trainer run of test/fixtures/trainer (scripts/gen_fixtures_trainer.py): what PEFT logged and ended with. */
+export interface GoldenRun {
+  name: string;
+  settings: { prefix_projection: boolean; num_virtual_tokens: number; init_seed: number; dataset: string; training_args_passed: Record<string, unknown> };
+  log_history: Record<string, number>[];
+  train_output: { global_step: number; training_loss: number; metrics: Record<string, number> };
+  trainable_param_names: string[];
+}
+
+export const TRAINER_FIXTURES = path.join(FIXTURES, 'trainer');
+const TIMING = new Set(['train_runtime', 'train_samples_per_second', 'train_steps_per_second']);
+
+/**
+ * Re-runs golden Trainer run `name` on `model` as the generator ran it: torch.manual_seed(init_seed) right before
+ * get_peft_model, the same TrainingArguments, the fixture tokenizer's left-padding collator. The caller disposes `pm`.
+ */
+export async function trainGoldenRun(model: BloomForCausalLM, name: string, outputDir: string) {
+  const run: GoldenRun = JSON.parse(fs.readFileSync(path.join(TRAINER_FIXTURES, `${name}.json`), 'utf8'));
+  const tensors = readSafetensors(path.join(TRAINER_FIXTURES, `${name}.safetensors`)).tensors;
+  const raw = JSON.parse(fs.readFileSync(path.join(TRAINER_FIXTURES, run.settings.dataset), 'utf8'));
+  const dataset: Record<string, unknown>[] = Array.isArray(raw) ? raw : raw.tokenized;
+  set_seed(run.settings.init_seed);
+  const pm = get_peft_model(model, new PrefixTuningConfig({ task_type: 'CAUSAL_LM', num_virtual_tokens: run.settings.num_virtual_tokens, prefix_projection: run.settings.prefix_projection }));
+  const initial = new Map<string, Tensor>();
+  for (const [n, p] of pm.named_parameters()) if (p.requires_grad) initial.set(n, await p.data());
+  const { dataloader_num_workers: _w, ...passed } = run.settings.training_args_passed as Record<string, never>;
+  const args = new TrainingArguments({ ...passed, output_dir: outputDir, disable_tqdm: true });
+  const quiet = jest.spyOn(console, 'log').mockImplementation(() => undefined);
+  const trainer = new Trainer({ model: pm, args, train_dataset: dataset, data_collator: leftPadCollator });
+  let out;
+  try {
+    out = await trainer.train();
+  } finally {
+    quiet.mockRestore();
+  }
+  const final = new Map<string, Tensor>();
+  for (const [n, p] of pm.named_parameters()) if (p.requires_grad) final.set(n, await p.data());
+  return { run, tensors, pm, trainer, out, initial, final, fused: run.settings.training_args_passed.optim !== 'adamw_torch' };
+}
+
+/** The worst differences of a re-run from PEFT's: logged loss and train_loss (absolute), grad_norm and final parameters (relative). */
+export function goldenRunErrors(r: Awaited<ReturnType<typeof trainGoldenRun>>): { loss: number; grad_norm: number; param: number } {
+  let loss = Math.abs(r.out.training_loss - r.run.train_output.training_loss);
+  let grad_norm = 0;
+  r.trainer.state.log_history.forEach((e: Record<string, number>, i: number) => {
+    const ref = r.run.log_history[i] ?? {};
+    for (const [k, v] of Object.entries(ref)) {
+      if (TIMING.has(k)) continue;
+      if (k === 'loss' || k === 'train_loss') loss = Math.max(loss, Math.abs(e[k] - v));
+      else if (k === 'grad_norm') grad_norm = Math.max(grad_norm, Math.abs(e[k] - v) / Math.abs(v));
+    }
+  });
+  let param = 0;
+  for (const [n, t] of r.final) param = Math.max(param, maxRelErr(asNumbers(t), asNumbers(r.tensors.get(`param_final.${n}`)!)));
+  return { loss, grad_norm, param };
+}
+
+/** In the enclosing describe: one thread and exact mode (how the golden data was made), restored afterwards. */
+export function useOneThreadExactMode(): void {
+  const threads = runtime_info().numThreads;
+  beforeAll(() => {
+    set_num_threads(1);
+    set_exact_mode(true);
+  });
+  afterAll(() => {
+    set_num_threads(threads);
+    set_exact_mode(false);
+  });
 }

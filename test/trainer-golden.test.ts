@@ -1,124 +1,80 @@
 /**
  * Trainer.train() against the real HF Trainer (transformers 5.17 + PEFT 0.21, scripts/gen_fixtures_trainer.py):
  * the same seeded sample order, accumulation windows, num_items_in_batch normalisation, clipping, AdamW, schedules and
- * log_history. Tolerances (issue #4): logged loss 1e-4 absolute, grad_norm 1e-4 relative, final prefix 1e-4 relative;
- * learning rates, epochs, steps and total_flos exactly. On one thread in exact mode (transformers' op graph), as the
- * fixtures were made, every run with PyTorch's non-fused AdamW is reproduced bit for bit (the fused kernel, HF's
- * default, differs by ~1 ulp per step). The default fast mode is held to the issue's tolerances.
+ * log_history. Learning rates, epochs, steps and total_flos always exactly. On one thread in exact mode (transformers'
+ * op graph), on the CPU the fixtures were made on (trainer/made_on.json), every run with PyTorch's non-fused AdamW is
+ * reproduced bit for bit (the fused kernel, HF's default, differs by ~1 ulp per step). The default fast mode, and
+ * exact mode on another CPU ("tolerance mode"), are held to the cross-CPU tolerances of test/tolerances.ts: logged
+ * loss 1e-4 absolute, grad_norm and final prefix 1e-4 relative, or 4x the spread PEFT itself shows across CPU kernels
+ * for the runs whose optimizer amplifies last-bit differences (run_proj, run_proj_fused, run_clip_warmup).
  */
 import * as fs from 'node:fs';
-import * as path from 'node:path';
-import { AutoModelForCausalLM, BloomForCausalLM, PrefixTuningConfig, Trainer, TrainingArguments, get_peft_model, runtime_info, set_exact_mode, set_num_threads, set_seed } from '../lib';
-import { readSafetensors } from '../lib/utils/safetensors';
-import { FIXTURES, asNumbers, maxRelErr, tmpDir } from './helpers';
+import { AutoModelForCausalLM, BloomForCausalLM } from '../lib';
+import { ErrorLog, TINY, TRAINER_FIXTURES, asNumbers, fixtureFidelity, goldenRunErrors, maxRelErr, tmpDir, trainGoldenRun, useOneThreadExactMode } from './helpers';
+import { trainerTolerance } from './tolerances';
 
-const DIR = path.join(FIXTURES, 'trainer');
-type Row = { input_ids: number[]; attention_mask: number[]; labels: number[] };
-interface Run {
-  name: string;
-  settings: { prefix_projection: boolean; num_virtual_tokens: number; init_seed: number; dataset: string; training_args_passed: Record<string, unknown> };
-  log_history: Record<string, number>[];
-  train_output: { global_step: number; training_loss: number; metrics: Record<string, number> };
-  trainable_param_names: string[];
-}
+const fidelity = fixtureFidelity(TRAINER_FIXTURES);
+const errors = new ErrorLog(fidelity);
 
 let model: BloomForCausalLM;
 let scratch: string;
 beforeAll(async () => {
-  model = await AutoModelForCausalLM.from_pretrained(path.join(FIXTURES, 'tiny-bloom'));
+  model = await AutoModelForCausalLM.from_pretrained(TINY);
   scratch = tmpDir();
 });
 afterAll(async () => {
+  errors.print('Trainer runs vs HF Trainer');
   await model.dispose();
   fs.rmSync(scratch, { recursive: true, force: true });
 });
 
-/** DataCollatorForSeq2Seq with the fixture tokenizer: left padding with <pad> = 3, labels with -100. */
-function collate(features: Record<string, unknown>[]) {
-  const rows = features as unknown as Row[];
-  const T = Math.max(...rows.map((r) => r.input_ids.length));
-  const left = (a: number[], v: number) => [...new Array(T - a.length).fill(v), ...a];
-  return {
-    input_ids: rows.map((r) => left(r.input_ids, 3)),
-    attention_mask: rows.map((r) => left(r.attention_mask, 0)),
-    labels: rows.map((r) => left(r.labels, -100)),
-  };
-}
-
 const runs = ['run_noproj', 'run_proj', 'run_proj_fused', 'run_clip_warmup', 'run_seed_settings', 'run_checkpoint'];
 const TIMING = new Set(['train_runtime', 'train_samples_per_second', 'train_steps_per_second']);
 
+/** `exact`: one thread, exact mode — bit-identical where the CPU is the fixtures' (`bitExact`), else tolerances. */
 async function check(name: string, exact: boolean) {
-  const run: Run = JSON.parse(fs.readFileSync(path.join(DIR, `${name}.json`), 'utf8'));
-  const tensors = readSafetensors(path.join(DIR, `${name}.safetensors`)).tensors;
-  const fused = run.settings.training_args_passed.optim !== 'adamw_torch';
-  const raw = JSON.parse(fs.readFileSync(path.join(DIR, run.settings.dataset), 'utf8'));
-  const dataset: Row[] = Array.isArray(raw) ? raw : raw.tokenized;
+  const r = await trainGoldenRun(model, name, `${scratch}/${name}-${exact ? 'exact' : 'fast'}`);
+  const { run, tensors, pm, out, fused } = r;
+  try {
+    // The seeded initial prefix is torch's, bit for bit, on any CPU (drawn in TypeScript).
+    expect([...r.initial.keys()]).toEqual(run.trainable_param_names);
+    for (const [n, t] of r.initial) expect([n, maxRelErr(asNumbers(t), asNumbers(tensors.get(`param_init.${n}`)!))]).toEqual([n, 0]);
 
-  set_seed(run.settings.init_seed); // torch.manual_seed right before get_peft_model, as the generator did
-  const pm = get_peft_model(model, new PrefixTuningConfig({ task_type: 'CAUSAL_LM', num_virtual_tokens: run.settings.num_virtual_tokens, prefix_projection: run.settings.prefix_projection }));
-  const params = () => pm.named_parameters().filter(([, p]) => p.requires_grad);
-  expect(params().map(([n]) => n)).toEqual(run.trainable_param_names);
-  for (const [n, p] of params()) expect([n, maxRelErr(asNumbers(await p.data()), asNumbers(tensors.get(`param_init.${n}`)!))]).toEqual([n, 0]);
-
-  const { use_cpu, dataloader_num_workers: _w, save_strategy, ...passed } = run.settings.training_args_passed as Record<string, never>;
-  const args = new TrainingArguments({
-    ...passed,
-    use_cpu,
-    save_strategy,
-    output_dir: path.join(scratch, name),
-    disable_tqdm: true,
-  });
-  const log = jest.spyOn(console, 'log').mockImplementation(() => undefined);
-  const trainer = new Trainer({ model: pm, args, train_dataset: dataset, data_collator: collate });
-  const out = await trainer.train();
-  log.mockRestore();
-
-  const ours = trainer.state.log_history;
-  expect(ours.map((e) => Object.keys(e))).toEqual(run.log_history.map((e) => Object.keys(e)));
-  ours.forEach((e, i) => {
-    const ref = run.log_history[i];
-    for (const [k, v] of Object.entries(ref)) {
-      if (TIMING.has(k)) continue;
-      const got = e[k];
-      if (exact && !fused) expect([i, k, got]).toEqual([i, k, v]);
-      else if (k === 'loss' || k === 'train_loss') expect([i, k, Math.abs(got - v) <= tolerance(name).loss]).toEqual([i, k, true]);
-      else if (k === 'grad_norm') expect([i, k, Math.abs(got - v) <= tolerance(name).grad_norm * Math.abs(v)]).toEqual([i, k, true]);
-      else expect([i, k, got]).toEqual([i, k, v]); // learning_rate, epoch, step, total_flos: exact
+    const ours = r.trainer.state.log_history;
+    expect(ours.map((e) => Object.keys(e))).toEqual(run.log_history.map((e) => Object.keys(e)));
+    expect(out.global_step).toBe(run.train_output.global_step);
+    if (exact && fidelity.bitExact && !fused) {
+      ours.forEach((e, i) => {
+        for (const [k, v] of Object.entries(run.log_history[i])) if (!TIMING.has(k)) expect([i, k, e[k]]).toEqual([i, k, v]);
+      });
+      expect(out.training_loss).toBe(run.train_output.training_loss);
+      for (const [n, t] of r.final) expect([n, maxRelErr(asNumbers(t), asNumbers(tensors.get(`param_final.${n}`)!))]).toEqual([n, 0]);
+      return;
     }
-  });
-  expect(out.global_step).toBe(run.train_output.global_step);
-  expect(Math.abs(out.training_loss - run.train_output.training_loss)).toBeLessThanOrEqual(exact && !fused ? 0 : tolerance(name).loss);
-  for (const [n, p] of params()) {
-    const err = maxRelErr(asNumbers(await p.data()), asNumbers(tensors.get(`param_final.${n}`)!));
-    expect([n, err <= (exact ? (fused ? 1e-6 : 0) : tolerance(name).param)]).toEqual([n, true]);
+    // learning_rate, epoch, step and total_flos are exact in every mode.
+    ours.forEach((e, i) => {
+      for (const [k, v] of Object.entries(run.log_history[i]))
+        if (!TIMING.has(k) && !['loss', 'train_loss', 'grad_norm'].includes(k)) expect([i, k, e[k]]).toEqual([i, k, v]);
+    });
+    const err = goldenRunErrors(r);
+    // On the fixtures' CPU the fused kernel differs from the non-fused one by ~1 ulp per step (1.4e-7 after 8 steps).
+    const tol = exact && fidelity.bitExact ? { loss: 1e-6, grad_norm: 1e-6, param: 1e-6 } : trainerTolerance(name);
+    const tag = `${name} [${exact ? '1 thr, exact' : 'default thr, fast'}]`;
+    errors.add(`${tag} logged loss (abs; bound ${tol.loss.toExponential(1)})`, err.loss);
+    errors.add(`${tag} grad_norm (rel; bound ${tol.grad_norm.toExponential(1)})`, err.grad_norm);
+    errors.add(`${tag} final prefix (rel; bound ${tol.param.toExponential(1)})`, err.param);
+    expect(err.loss).toBeLessThanOrEqual(tol.loss);
+    expect(err.grad_norm).toBeLessThanOrEqual(tol.grad_norm);
+    expect(err.param).toBeLessThanOrEqual(tol.param);
+  } finally {
+    await pm.dispose();
   }
-  await pm.dispose();
 }
 
-/**
- * run_clip_warmup trains at lr 0.5 so that clipping triggers: Adam's update g/√v turns last-bit differences of
- * near-zero gradients (multi-threaded reductions, fast mode's reordered loss and broadcast prefix) into visible ones —
- * measured on two threads: final prefix up to 5.6e-3 relative, logged loss 3.1e-4 absolute and grad_norm ~1e-3
- * relative at step 6 (exact mode on one thread reproduces this run bit for bit, see below). Every
- * other run meets the issue's 1e-4
- * (lr 5e-3 and the seed's 5e-5).
- */
-const tolerance = (name: string) =>
-  name === 'run_clip_warmup' ? { loss: 1e-3, grad_norm: 1e-2, param: 2e-2 } : { loss: 1e-4, grad_norm: 1e-4, param: 1e-4 };
-
-const defaultThreads = runtime_info().numThreads;
-describe('default threads (issue tolerances)', () => {
+describe('default threads, fast mode (cross-CPU tolerances)', () => {
   test.each(runs)('%s', (name) => check(name, false));
 });
-describe('one thread, exact mode: bit-exact', () => {
-  beforeAll(() => {
-    set_num_threads(1);
-    set_exact_mode(true);
-  });
-  afterAll(() => {
-    set_num_threads(defaultThreads);
-    set_exact_mode(false);
-  });
+describe(`one thread, exact mode: ${fidelity.label}`, () => {
+  useOneThreadExactMode();
   test.each(runs)('%s', (name) => check(name, true));
 });
