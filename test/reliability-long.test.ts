@@ -1,8 +1,9 @@
 /**
  * Long runs, each in a fresh child process on the compiled package (dist/) so that its memory and handles are its
- * own: 1,000 Trainer steps with checkpoints keep RSS flat after warm-up; 200 load / train-step / generate / dispose
- * cycles keep RSS flat; a process that never calls dispose() still exits by itself, promptly; after dispose() no
- * handle or request is left open. (About 20 s on a 2-core machine, so it runs with the rest of `npm test`.)
+ * own: 1,000 Trainer steps with checkpoints hold no memory per step after warm-up (and the same check fails a run
+ * with an injected 64 KB/step leak); 200 load / train-step / generate / dispose cycles hold none per cycle; a process
+ * that never calls dispose() still exits by itself, promptly; after dispose() no handle or request is left open.
+ * (About 30 s on a 2-core machine, so it runs with the rest of `npm test`.)
  */
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -19,8 +20,11 @@ const mb = (x) => Math.round((x / 1048576) * 10) / 10;
 const sample = () => {
   global.gc(); global.gc();
   const m = process.memoryUsage();
-  return { rss: mb(m.rss), heap: mb(m.heapUsed), external: mb(m.external) };
+  return { rss: mb(m.rss), heap: mb(m.heapUsed), external: mb(m.external), malloc: P.malloc_in_use_bytes() };
 };
+// A leak to prove the check catches one: LEAK_BYTES_PER_STEP bytes kept (and written) at every optimizer step.
+const leakBytes = Number(process.env.LEAK_BYTES_PER_STEP || 0);
+const leaked = [];
 const report = (o) => process.stdout.write('REPORT ' + JSON.stringify(o) + '\\n');
 const rows = Array.from({ length: 64 }, (_, i) => {
   const ids = Array.from({ length: 8 + (i % 9) }, (_, j) => 20 + ((i * 37 + j * 11) % 900));
@@ -39,11 +43,14 @@ const pad = (f) => {
     P.set_seed(0);
     const pm = P.get_peft_model(model, new P.PrefixTuningConfig({ task_type: 'CAUSAL_LM', num_virtual_tokens: 10, prefix_projection: true }));
     const samples = [];
-    const every100 = { on_step_end: (_a, s) => { if (s.global_step % 100 === 0) samples.push({ step: s.global_step, ...sample() }); } };
+    const every50 = { on_step_end: (_a, s) => {
+      if (leakBytes) leaked.push(Buffer.alloc(leakBytes, 1));
+      if (s.global_step % 50 === 0) samples.push({ step: s.global_step, ...sample() });
+    } };
     const args = new P.TrainingArguments({ output_dir: out, per_device_train_batch_size: 4, max_steps: 1000, logging_steps: 10,
       save_steps: 250, save_total_limit: 1, disable_tqdm: true });
     const t = Date.now();
-    const result = await new P.Trainer({ model: pm, args, train_dataset: rows, data_collator: pad, callbacks: [every100] }).train();
+    const result = await new P.Trainer({ model: pm, args, train_dataset: rows, data_collator: pad, callbacks: [every50] }).train();
     report({ ms: Date.now() - t, global_step: result.global_step, samples });
     await pm.dispose();
     await model.dispose();
@@ -109,9 +116,10 @@ interface Result {
   doneAt?: number;
 }
 
-function run(mode: string, dir: string, timeoutMs = 120000): Promise<Result> {
+function run(mode: string, dir: string, timeoutMs = 120000, env: NodeJS.ProcessEnv = {}): Promise<Result> {
   return new Promise((resolve, reject) => {
-    const p = spawn(process.execPath, ['--expose-gc', child, mode, dir, path.join(scratch, `out-${mode}`)], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const out = path.join(scratch, `out-${mode}-${Object.keys(env).length ? 'env' : 'plain'}`);
+    const p = spawn(process.execPath, ['--expose-gc', child, mode, dir, out], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
     let stdout = '';
     let stderr = '';
     p.stdout.on('data', (d) => (stdout += d));
@@ -133,6 +141,8 @@ interface Sample {
   rss: number;
   heap: number;
   external: number;
+  /** C heap bytes in use (malloc_in_use_bytes), null off glibc. */
+  malloc: number | null;
 }
 
 /** A random BLOOM of ~1.5 M parameters (6 MB in float32): a leaked copy per cycle would show as > 1 GB. */
@@ -164,32 +174,76 @@ function mediumBloom(dir: string): string {
 
 const growth = (from: number, to: number) => (to - from) / from;
 const log = (msg: string) => console.log(msg); // eslint-disable-line no-console
+const kb = (bytes: number) => `${(bytes / 1024).toFixed(1)} KB`;
 
-test('1,000 Trainer steps on the tiny model (checkpoints every 250): RSS grows at most 5% after warm-up', async () => {
+/** Least-squares slope of y over x. */
+function slope(points: [number, number][]): number {
+  const n = points.length;
+  const mx = points.reduce((a, [x]) => a + x, 0) / n;
+  const my = points.reduce((a, [, y]) => a + y, 0) / n;
+  const sxy = points.reduce((a, [x, y]) => a + (x - mx) * (y - my), 0);
+  const sxx = points.reduce((a, [x]) => a + (x - mx) ** 2, 0);
+  return sxy / sxx;
+}
+
+/**
+ * The leak check, after warm-up. Its measure is the C heap in use (glibc's mallinfo2: libtorch's tensors, the addon's
+ * objects, Node's Buffers) as a least-squares slope per step: it does not move with the allocator's trimming or
+ * fragmentation, which is why RSS cannot be held to a tight bound on every machine (one machine showed RSS +7% over
+ * 700 clean steps, another +3%). Measured on the tiny model: 0.5 KB/step clean (log_history grows by design),
+ * 64.0 KB/step with a 64 KB/step leak injected; the bound is `perStep`. RSS, which also sees memory outside malloc
+ * (V8's heap, mappings), is held only to a gross bound. Where the C library does not report (not glibc), RSS's slope
+ * is the measure, with a looser bound.
+ */
+function leakCheck(samples: (Sample & { at: number })[], perStep: number) {
+  const heap = samples.every((x) => x.malloc !== null) ? slope(samples.map((x) => [x.at, x.malloc as number])) : null;
+  const rss = slope(samples.map((x) => [x.at, x.rss * 1048576]));
+  const rssGrowth = growth(samples[0].rss, Math.max(...samples.map((x) => x.rss)));
+  const ok = (heap === null ? rss <= 2 * perStep : heap <= perStep) && rssGrowth <= 0.25;
+  return { heap, rss, rssGrowth, ok, text: `C heap ${heap === null ? 'n/a' : kb(heap)}/step, RSS ${kb(rss)}/step (+${(rssGrowth * 100).toFixed(1)}%)` };
+}
+
+// Warm-up: the first 300 steps, which include the first checkpoint save (its buffers size the allocator's pools).
+const TRAIN_LEAK_BOUND = 8 * 1024;
+
+test('1,000 Trainer steps on the tiny model (checkpoints every 250): no memory growth per step after warm-up', async () => {
   const r = await run('train', TINY);
   expect([r.code, r.stderr]).toEqual([0, '']);
   const samples = r.report.samples as (Sample & { step: number })[];
   expect(r.report.global_step).toBe(1000);
-  // Warm-up: the first 300 steps, which include the first checkpoint save (its buffers size the allocator's pools).
-  const warm = samples.find((x) => x.step === 300)!;
+  const after = samples.filter((x) => x.step >= 300).map((x) => ({ ...x, at: x.step }));
+  const warm = after[0];
   const last = samples.at(-1)!;
-  const peak = Math.max(...samples.filter((x) => x.step >= 300).map((x) => x.rss));
-  log(`1,000 steps in ${r.report.ms} ms: RSS ${samples[0].rss} MB at step 100, ${warm.rss} MB at 300, ${last.rss} MB at 1,000 ` +
-    `(+${(growth(warm.rss, last.rss) * 100).toFixed(1)}% after warm-up; JS heap ${warm.heap} -> ${last.heap} MB)`);
-  expect(growth(warm.rss, peak)).toBeLessThanOrEqual(0.05);
+  const check = leakCheck(after, TRAIN_LEAK_BOUND);
+  log(`1,000 steps in ${r.report.ms} ms: RSS ${samples[0].rss} MB at step 50, ${warm.rss} MB at 300, ${last.rss} MB at 1,000; ` +
+    `after warm-up ${check.text} (bound ${kb(TRAIN_LEAK_BOUND)}/step); JS heap ${warm.heap} -> ${last.heap} MB`);
+  expect(check.ok).toBe(true);
   expect(last.heap - warm.heap).toBeLessThan(4); // log_history grows by design, by far less than this
 }, 180000);
 
-test('200 load / train step / generate / dispose cycles (float32 mmap and bfloat16 copies): RSS stays flat', async () => {
+test('the same check fails a run that leaks 64 KB per step', async () => {
+  const r = await run('train', TINY, 120000, { LEAK_BYTES_PER_STEP: String(64 * 1024) });
+  expect([r.code, r.stderr]).toEqual([0, '']);
+  const samples = r.report.samples as (Sample & { step: number })[];
+  const check = leakCheck(samples.filter((x) => x.step >= 300).map((x) => ({ ...x, at: x.step })), TRAIN_LEAK_BOUND);
+  log(`with a 64 KB/step leak injected: ${check.text}`);
+  expect(check.ok).toBe(false);
+  if (check.heap !== null) expect(check.heap).toBeGreaterThan(60 * 1024);
+}, 180000);
+
+test('200 load / train step / generate / dispose cycles (float32 mmap and bfloat16 copies): no memory growth per cycle', async () => {
   const dir = mediumBloom(path.join(scratch, 'medium'));
   const r = await run('cycles', dir);
   expect([r.code, r.stderr]).toEqual([0, '']);
   const samples = r.report.samples as (Sample & { cycle: number })[];
   const warm = samples[0];
   const last = samples.at(-1)!;
-  log(`200 cycles of a 6 MB model in ${r.report.ms} ms: RSS ${warm.rss} MB after 20, ${last.rss} MB after 200 ` +
-    `(+${(growth(warm.rss, last.rss) * 100).toFixed(1)}%); external ${warm.external} -> ${last.external} MB`);
-  expect(growth(warm.rss, Math.max(...samples.map((x) => x.rss)))).toBeLessThanOrEqual(0.05);
+  // Measured: 0.4 KB/cycle; a model copy kept per cycle would be 6 MB/cycle, a kept prefix encoder or KV cache tens of KB.
+  const bound = 16 * 1024;
+  const check = leakCheck(samples.map((x) => ({ ...x, at: x.cycle })), bound);
+  log(`200 cycles of a 6 MB model in ${r.report.ms} ms: RSS ${warm.rss} MB after 20, ${last.rss} MB after 200; ${check.text.replace(/step/g, 'cycle')} ` +
+    `(bound ${kb(bound)}/cycle); external ${warm.external} -> ${last.external} MB`);
+  expect(check.ok).toBe(true);
 }, 180000);
 
 test('a script that never calls dispose() exits by itself, promptly, with status 0', async () => {
