@@ -5,9 +5,10 @@
  *   same kernels (test/helpers.ts fixtureFidelity), and the same tests compare with the cross-CPU tolerances
  *   elsewhere (test/tolerances.ts, measured in test/fixtures/cpu_spread.json).
  * - "Another CPU" here: the golden test files run again in a child jest with PyTorch's kernels switched the way another
- *   CPU switches them — ATen's next-lower vector ISA (ATEN_CPU_CAPABILITY) and MKL's generic sgemm (MKL_CBWR=COMPATIBLE,
- *   another blocking and summation order, as on a CPU whose MKL path differs: AMD vs Intel's AVX-512 kernels). They
- *   must then report tolerance mode, skip nothing, see other bits and pass.
+ *   CPU switches them — ATen's AVX2 kernels (on an AVX-512 host) and its scalar ones (as on a CPU without AVX2), via
+ *   ATEN_CPU_CAPABILITY, each with MKL's generic sgemm (MKL_CBWR=COMPATIBLE: another blocking and summation order, as
+ *   on a CPU whose MKL path differs: AMD vs Intel's AVX-512 kernels). They must then report tolerance mode, skip
+ *   nothing, see other bits and pass.
  * - The tolerances still catch a real bug: a 1e-4 relative perturbation of any single base weight (1e-3 of a bias)
  *   fails the forward comparisons, and one of a layer's attention weights fails the Trainer comparisons.
  */
@@ -67,10 +68,14 @@ test('the fixtures record the CPU they were made on, and this process says which
   }
 });
 
-/** The environment of "another CPU": kernels other than the ones this process runs. */
-function otherCpuEnv(): Record<string, string> {
+/**
+ * The environments of "other CPUs": kernels other than the ones this process runs. An AVX2 CPU (when this one has
+ * AVX-512) and a CPU without AVX2 (ATen's scalar kernels; torch's seeded normal_ differs there too), both with MKL's
+ * generic sgemm.
+ */
+function otherCpuEnvs(): Record<string, string>[] {
   const cap = runtime_info().cpu.capability;
-  return { ATEN_CPU_CAPABILITY: cap.startsWith('AVX512') ? 'avx2' : 'default', MKL_CBWR: 'COMPATIBLE' };
+  return [...(cap.startsWith('AVX512') ? ['avx2'] : []), 'default'].map((isa) => ({ ATEN_CPU_CAPABILITY: isa, MKL_CBWR: 'COMPATIBLE' }));
 }
 
 interface JestJson {
@@ -100,11 +105,11 @@ function childJest(files: string[], env: Record<string, string>, tag: string, ex
 }
 
 describe('on a simulated other CPU', () => {
-  const env = otherCpuEnv();
+  const envs = otherCpuEnvs();
 
-  test('the forward, PEFT-API, state-dict and Trainer golden tests run in tolerance mode, skip nothing, and pass', () => {
+  test.each(envs.map((env) => [env.ATEN_CPU_CAPABILITY, env]))('ATen %s kernels, generic sgemm: the forward, PEFT-API, state-dict and Trainer golden tests run in tolerance mode, skip nothing, and pass', (isa, env) => {
     const files = ['golden-forward', 'peft', 'state-dict', 'trainer-golden'].map((f) => `test/${f}.test.ts`);
-    const { json, rows } = childJest(files, env, 'single');
+    const { json, rows } = childJest(files, env, `single-${isa}`);
     expect(json.numFailedTests).toBe(0);
     expect(json.numPendingTests).toBe(0);
     expect(json.numTotalTests).toBeGreaterThan(50);
@@ -123,12 +128,13 @@ describe('on a simulated other CPU', () => {
   }, 9 * 60_000);
 
   test('the torchrun golden runs (2 ranks, one thread each) run in tolerance mode and pass', () => {
+    const env = envs[0];
     const { json, rows } = childJest(['test/distributed.test.ts'], env, 'ddp', ['--testNamePattern', 'against HF Trainer under torchrun']);
     expect(json.numFailedTests).toBe(0);
     const ran = json.testResults.flatMap((f) => f.assertionResults.filter((a) => a.status === 'passed').map((a) => a.fullName));
     expect(ran.filter((t) => t.includes('tolerance mode')).length).toBe(4);
     expect(rows.some((x) => x.err > 0)).toBe(true);
-    log(`simulated CPU, torchrun goldens: worst final prefix ${Math.max(...rows.filter((x) => x.what.includes('final')).map((x) => x.err)).toExponential(2)}`);
+    log(`simulated CPU ${JSON.stringify(env)}, torchrun goldens: worst final prefix ${Math.max(...rows.filter((x) => x.what.includes('final')).map((x) => x.err)).toExponential(2)}`);
   }, 9 * 60_000);
 });
 

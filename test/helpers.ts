@@ -192,6 +192,16 @@ export function fixtureFidelity(setDir: string): Fidelity {
   return { bitExact: !d, madeOn, reason, label: d ? `tolerance mode (${reason})` : 'bit-exact' };
 }
 
+/**
+ * Whether a seeded initial prefix can equal PEFT's bit for bit here. torch draws normal_ (the prefix embedding) with
+ * its AVX2 kernel wherever ATen runs AVX2 or better (the AVX-512 build uses the same one) and with a scalar
+ * Box-Muller otherwise, so only a CPU without AVX2 (ATen capability DEFAULT) gives other bits — as PEFT itself does
+ * there (cpu_spread.json's aten_default variant includes that). The uniform_ of the Linear layers is exact anywhere.
+ */
+export function seededInitBitExact(f: Fidelity): boolean {
+  return f.bitExact || (runtime_info().cpu.capability !== 'DEFAULT' && f.madeOn.capability !== 'DEFAULT');
+}
+
 /** A golden Trainer run of test/fixtures/trainer (scripts/gen_fixtures_trainer.py): what PEFT logged and ended with. */
 export interface GoldenRun {
   name: string;

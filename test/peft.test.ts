@@ -20,7 +20,7 @@ import {
 } from '../lib';
 
 import { readSafetensors } from '../lib/utils/safetensors';
-import { GOLDEN, GoldenCase, asNumbers, fixtureFidelity, goldenCases, goldenTensors, maxRelErr, tmpDir } from './helpers';
+import { GOLDEN, GoldenCase, asNumbers, fixtureFidelity, goldenCases, goldenTensors, maxRelErr, seededInitBitExact, tmpDir } from './helpers';
 import { FORWARD_REL } from './tolerances';
 
 const defaultThreads = runtime_info().numThreads;
@@ -79,9 +79,11 @@ describe.each(goldenCases().map((c) => [c.name, c] as const))('%s', (_name, c) =
       expect(pm.print_trainable_parameters()).toBe(c.print_trainable_parameters);
       expect(log).toHaveBeenCalledWith(c.print_trainable_parameters);
       log.mockRestore();
-      // The initial prefix parameters are bit-identical to torch's after the same seed.
+      // The initial prefix parameters are bit-identical to torch's after the same seed (where ATen has AVX2:
+      // seededInitBitExact), within FORWARD_REL elsewhere.
+      const initTol = seededInitBitExact(fidelity) ? 0 : FORWARD_REL;
       for (const [name, p] of pm.named_parameters().filter(([, p]) => p.requires_grad))
-        expect([name, maxRelErr(asNumbers(await p.data()), asNumbers(g.get(`param.${name}`)!))]).toEqual([name, 0]);
+        expect([name, maxRelErr(asNumbers(await p.data()), asNumbers(g.get(`param.${name}`)!)) <= initTol]).toEqual([name, true]);
     } finally {
       await pm.dispose();
     }

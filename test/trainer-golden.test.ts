@@ -10,8 +10,8 @@
  */
 import * as fs from 'node:fs';
 import { AutoModelForCausalLM, BloomForCausalLM } from '../lib';
-import { ErrorLog, TINY, TRAINER_FIXTURES, asNumbers, fixtureFidelity, goldenRunErrors, maxRelErr, tmpDir, trainGoldenRun, useOneThreadExactMode } from './helpers';
-import { trainerTolerance } from './tolerances';
+import { ErrorLog, TINY, TRAINER_FIXTURES, asNumbers, fixtureFidelity, goldenRunErrors, maxRelErr, seededInitBitExact, tmpDir, trainGoldenRun, useOneThreadExactMode } from './helpers';
+import { FORWARD_REL, trainerTolerance } from './tolerances';
 
 const fidelity = fixtureFidelity(TRAINER_FIXTURES);
 const errors = new ErrorLog(fidelity);
@@ -36,9 +36,10 @@ async function check(name: string, exact: boolean) {
   const r = await trainGoldenRun(model, name, `${scratch}/${name}-${exact ? 'exact' : 'fast'}`);
   const { run, tensors, pm, out, fused } = r;
   try {
-    // The seeded initial prefix is torch's, bit for bit, on any CPU (drawn in TypeScript).
+    // The seeded initial prefix is torch's, bit for bit wherever ATen has AVX2 (see seededInitBitExact).
     expect([...r.initial.keys()]).toEqual(run.trainable_param_names);
-    for (const [n, t] of r.initial) expect([n, maxRelErr(asNumbers(t), asNumbers(tensors.get(`param_init.${n}`)!))]).toEqual([n, 0]);
+    const initTol = seededInitBitExact(fidelity) ? 0 : FORWARD_REL;
+    for (const [n, t] of r.initial) expect([n, maxRelErr(asNumbers(t), asNumbers(tensors.get(`param_init.${n}`)!)) <= initTol]).toEqual([n, true]);
 
     const ours = r.trainer.state.log_history;
     expect(ours.map((e) => Object.keys(e))).toEqual(run.log_history.map((e) => Object.keys(e)));
