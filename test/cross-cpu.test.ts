@@ -107,8 +107,8 @@ function childJest(files: string[], env: Record<string, string>, tag: string, ex
 describe('on a simulated other CPU', () => {
   const envs = otherCpuEnvs();
 
-  test.each(envs.map((env) => [env.ATEN_CPU_CAPABILITY, env]))('ATen %s kernels, generic sgemm: the forward, PEFT-API, state-dict and Trainer golden tests run in tolerance mode, skip nothing, and pass', (isa, env) => {
-    const files = ['golden-forward', 'peft', 'state-dict', 'trainer-golden'].map((f) => `test/${f}.test.ts`);
+  test.each(envs.map((env) => [env.ATEN_CPU_CAPABILITY, env]))('ATen %s kernels, generic sgemm: the forward, PEFT-API, state-dict, Trainer and generation golden tests run in tolerance mode, skip nothing, and pass', (isa, env) => {
+    const files = ['golden-forward', 'peft', 'state-dict', 'trainer-golden', 'generation'].map((f) => `test/${f}.test.ts`);
     const { json, rows } = childJest(files, env, `single-${isa}`);
     expect(json.numFailedTests).toBe(0);
     expect(json.numPendingTests).toBe(0);
