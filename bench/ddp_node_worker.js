@@ -35,8 +35,9 @@ async function main() {
   };
   const forward = pm.forward;
   pm.forward = timeIt('forward_backward', forward);
-  const encoder = await pm.prompt_encoder();
-  encoder.optimizer_step = timeIt('optimizer', encoder.optimizer_step);
+  const clip = require(path.join(__dirname, '..', 'dist', 'optim', 'clip_grad.js'));
+  clip.grad_norm_and_clip = timeIt('optimizer', clip.grad_norm_and_clip);
+  for (const m of ['step', 'zero_grad']) pn.AdamW.prototype[m] = timeIt('optimizer', pn.AdamW.prototype[m]);
   const PG = pn.ProcessGroup.prototype;
   PG.average_gradients = timeIt('allreduce', PG.average_gradients);
   PG.all_gather = timeIt('all_gather', PG.all_gather);

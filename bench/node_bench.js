@@ -19,13 +19,17 @@ async function main() {
   const load_s = (performance.now() - t0) / 1000;
   p.set_seed(0);
   const pm = p.get_peft_model(model, new p.PrefixTuningConfig({ task_type: 'CAUSAL_LM', num_virtual_tokens: settings.num_virtual_tokens, prefix_projection: settings.prefix_projection }));
-  const encoder = await pm.prompt_encoder();
+  // As the Python side: torch's AdamW over the trainable parameters, clip_grad_norm_ to 1.0.
+  const params = pm.parameters().filter((q) => q.requires_grad);
+  const optimizer = new p.AdamW(params, { lr: settings.learning_rate });
   const num_items = batch.labels.reduce((n, row) => n + row.slice(1).filter((v) => v !== -100).length, 0);
   const inputs = { input_ids: batch.input_ids, attention_mask: batch.attention_mask, labels: batch.labels };
 
   const trainStep = async () => {
     const out = await pm.forward({ ...inputs, num_items_in_batch: num_items }, { backward: true, return_logits: false });
-    await encoder.optimizer_step({ lr: settings.learning_rate, betas: [0.9, 0.999], eps: 1e-8, weight_decay: encoder.parameter_shapes().map(() => 0), max_grad_norm: 1.0 });
+    await p.clip_grad_norm_(params, 1.0);
+    await optimizer.step();
+    await optimizer.zero_grad();
     return out.loss;
   };
   const forward = async () => (await pm.forward(inputs, { return_logits: false })).loss;

@@ -25,7 +25,9 @@ export async function main(modelDir = path.join(__dirname, '..', 'assets', 'tiny
     attention_mask: [[1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1]],
     labels: [[-100, -100, 22, 23, 24, 25], [-100, -100, -100, 31, 32, 33]],
   };
-  const out = await model.forward(batch, { encoder, backward: true });
+  // The prefix as past_key_values (PEFT's get_prompt): a backward through the model reaches the encoder.
+  await using past = await encoder.get_prompt(batch.input_ids.length, { requires_grad: true });
+  const out = await model.forward(batch, { past_key_values: past, backward: true });
   const grad = (await encoder.get_grad('embedding.weight'))!.data as Float32Array;
   const gradNorm = Math.sqrt(grad.reduce((s, g) => s + g * g, 0));
   console.log(`loss ${out.loss!.toFixed(6)}, logits [${out.logits!.dims}], prefix gradient norm ${gradNorm.toExponential(4)}`);

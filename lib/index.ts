@@ -14,8 +14,11 @@ export {
   CausalLMOutput,
   ForwardOptions,
   FromPretrainedOptions,
-  Parameter,
 } from './models/bloom/modeling_bloom';
+export { Parameter } from './nn/parameter';
+export { PastKeyValues } from './cache_utils';
+export { AdamW, AdamWOptions, AdamWParamState, ParamGroup } from './optim/adamw';
+export { clip_grad_norm_ } from './optim/clip_grad';
 export { PrefixEncoder, PrefixEncoderOptions } from './peft/prefix_encoder';
 export { set_seed } from './runtime/rng';
 export { readSafetensors, writeSafetensors } from './utils/safetensors';

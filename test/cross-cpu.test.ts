@@ -24,6 +24,7 @@ import {
   TRAINER_FIXTURES,
   asNumbers,
   fixtureFidelity,
+  forwardWithEncoder,
   goldenCases,
   goldenRunErrors,
   goldenTensors,
@@ -166,9 +167,11 @@ describe('the tolerances catch a real bug', () => {
       try {
         const pre = `prompt_encoder.${c.adapter_name}.`;
         for (const [n] of enc.parameter_shapes()) await enc.set_parameter(n, g.get(`param.${pre}${n}`)!);
-        const out = await model.forward(
+        const out = await forwardWithEncoder(
+          model,
+          enc,
           { input_ids: g.get('input_ids')!, attention_mask: c.has_mask ? g.get('attention_mask') : undefined, labels: c.has_labels ? g.get('labels') : undefined, num_items_in_batch: c.num_items_in_batch ?? undefined },
-          { encoder: enc, backward: c.has_labels },
+          { backward: c.has_labels },
         );
         const V = g.get('logits')!.dims[2];
         const mask = c.has_mask ? asNumbers(g.get('attention_mask')!) : undefined;

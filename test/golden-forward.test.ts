@@ -9,7 +9,7 @@
  */
 import * as path from 'node:path';
 import { AutoModelForCausalLM, BloomForCausalLM, PrefixEncoder, Tensor, runtime_info, set_exact_mode, set_num_threads } from '../lib';
-import { ErrorLog, FIXTURES, GOLDEN, GoldenCase, asNumbers, fixtureFidelity, goldenCases, goldenTensors, maxRelErr } from './helpers';
+import { ErrorLog, FIXTURES, GOLDEN, GoldenCase, asNumbers, fixtureFidelity, forwardWithEncoder, goldenCases, goldenTensors, maxRelErr } from './helpers';
 import { FORWARD_REL } from './tolerances';
 
 const fidelity = fixtureFidelity(GOLDEN);
@@ -85,7 +85,7 @@ describe.each([
         const names = c.trainable_param_names.map((n) => n.slice(pre.length));
         expect(enc.parameter_shapes().map(([n]) => n)).toEqual(names);
         for (const n of names) await enc.set_parameter(n, g.get(`param.${pre}${n}`)!);
-        const out = await m.forward(inputsOf(c, g), { encoder: enc, backward: c.has_labels });
+        const out = await forwardWithEncoder(m, enc, inputsOf(c, g), { backward: c.has_labels });
         compareLogits(c, g, out.logits!, 'encoder');
         if (c.has_labels) {
           compare(`${c.name} loss`, [out.loss!], g.get('loss')!);
@@ -130,7 +130,7 @@ test('the base model never gets a gradient; only the prefix does', async () => {
     encoder_hidden_size: c.encoder_hidden_size,
     prefix_projection: true,
   });
-  await m.forward(inputsOf(c, g), { encoder: enc, backward: true, return_logits: false });
+  await forwardWithEncoder(m, enc, inputsOf(c, g), { backward: true, return_logits: false });
   for (const [name, p] of m.named_parameters()) {
     expect(p.requires_grad).toBe(false);
     expect([name, await p.grad()]).toEqual([name, null]);
@@ -149,9 +149,9 @@ test('a second backward accumulates into the gradient, like loss.backward() twic
     token_dim: m.config.hidden_size,
   });
   await enc.set_parameter('embedding.weight', g.get('param.prompt_encoder.default.embedding.weight')!);
-  await m.forward(inputsOf(c, g), { encoder: enc, backward: true, return_logits: false });
+  await forwardWithEncoder(m, enc, inputsOf(c, g), { backward: true, return_logits: false });
   const once = asNumbers((await enc.get_grad('embedding.weight'))!);
-  await m.forward(inputsOf(c, g), { encoder: enc, backward: true, return_logits: false });
+  await forwardWithEncoder(m, enc, inputsOf(c, g), { backward: true, return_logits: false });
   const twice = asNumbers((await enc.get_grad('embedding.weight'))!);
   expect(maxRelErr(twice, once.map((v) => 2 * v))).toBeLessThanOrEqual(1e-6);
   await enc.zero_grad();

@@ -4,7 +4,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { readSafetensors, writeSafetensors } from '../lib/utils/safetensors';
 import { Tensor } from '../lib/tensor';
-import { BloomForCausalLM, PrefixTuningConfig, Trainer, TrainingArguments, get_peft_model, runtime_info, set_exact_mode, set_num_threads, set_seed } from '../lib';
+import { BloomForCausalLM, CausalLMInputs, CausalLMOutput, ForwardOptions, PrefixEncoder, PrefixTuningConfig, Trainer, TrainingArguments, get_peft_model, runtime_info, set_exact_mode, set_num_threads, set_seed } from '../lib';
 
 export const FIXTURES = path.join(__dirname, 'fixtures');
 export const GOLDEN = path.join(FIXTURES, 'golden');
@@ -270,4 +270,20 @@ export function useOneThreadExactMode(): void {
     set_num_threads(threads);
     set_exact_mode(false);
   });
+}
+
+/** A forward of `model` with `encoder`'s prefix as past_key_values (what a PEFT model does), the prompt then freed. */
+export async function forwardWithEncoder(
+  model: BloomForCausalLM,
+  encoder: PrefixEncoder,
+  inputs: CausalLMInputs,
+  options: ForwardOptions = {},
+): Promise<CausalLMOutput> {
+  const rows = inputs.input_ids instanceof Tensor ? (inputs.input_ids.dims.length === 1 ? 1 : inputs.input_ids.dims[0]) : Array.isArray(inputs.input_ids[0]) ? inputs.input_ids.length : 1;
+  const past = await encoder.get_prompt(rows, { requires_grad: options.backward ?? false });
+  try {
+    return await model.forward(inputs, { ...options, past_key_values: past });
+  } finally {
+    await past.dispose();
+  }
 }

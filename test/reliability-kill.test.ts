@@ -64,13 +64,14 @@ const [out, nvt, steps] = [process.argv[2], Number(process.argv[3]), Number(proc
     save_total_limit: 2, logging_steps: 1, learning_rate: 1e-2, disable_tqdm: true });
   const resume = fs.existsSync(out) && fs.readdirSync(out).some((n) => /^checkpoint-\\d+$/.test(n));
   const marks = { on_step_end: () => { process.stderr.write('E\\n'); } };
-  await new P.Trainer({ model: pm, args, train_dataset: rows, callbacks: [marks] }).train({ resume_from_checkpoint: resume || undefined });
+  const trainer = new P.Trainer({ model: pm, args, train_dataset: rows, callbacks: [marks] });
+  await trainer.train({ resume_from_checkpoint: resume || undefined });
   const enc = await pm.prompt_encoder();
   const h = crypto.createHash('sha256');
   for (const [n] of enc.parameter_shapes()) h.update(Buffer.from((await enc.get_parameter(n)).data.buffer));
-  const opt = await enc.get_optimizer_state();
-  h.update(JSON.stringify(opt.step));
-  for (const a of [...opt.exp_avg, ...opt.exp_avg_sq]) h.update(Buffer.from(a.buffer));
+  const opt = await trainer.optimizer.get_state();
+  h.update(JSON.stringify(opt.map((s) => s.step)));
+  for (const s of opt) for (const t of [s.exp_avg, s.exp_avg_sq]) h.update(Buffer.from(t.data.buffer));
   process.stdout.write('HASH ' + h.digest('hex') + '\\n');
 })().catch((e) => { process.stderr.write(String(e && e.stack)); process.exit(3); });
 `;

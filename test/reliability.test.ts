@@ -8,6 +8,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import {
+  AdamW,
   AutoModelForCausalLM,
   AutoTokenizer,
   BloomForCausalLM,
@@ -21,6 +22,7 @@ import {
   Trainer,
   TrainingArguments,
   get_peft_model,
+  clip_grad_norm_,
   load_dataset,
   readSafetensors,
   runtime_info,
@@ -389,6 +391,8 @@ describe('dispose and concurrency', () => {
     const enc = await pm.prompt_encoder();
     const orphan = get_peft_model(m, new PrefixTuningConfig({ task_type: 'CAUSAL_LM', num_virtual_tokens: 2 })); // its base goes away below
     const ids = [[5, 6, 7, 8]];
+    const params = pm.parameters().filter((p) => p.requires_grad);
+    const past = await pm.get_prompt(1);
     // A step in flight, then dispose: the step completes with a finite loss, dispose resolves after it.
     const running = pm.forward({ input_ids: ids, labels: ids }, { backward: true });
     const disposing = pm.dispose();
@@ -416,9 +420,13 @@ describe('dispose and concurrency', () => {
       ['set_parameter', () => enc.set_parameter('embedding.weight', new Float32Array(2 * 32))],
       ['zero_grad', () => enc.zero_grad()],
       ['prompt_embeddings', () => enc.prompt_embeddings()],
-      ['optimizer_step', () => enc.optimizer_step({ lr: 1, betas: [0.9, 0.999], eps: 1e-8, weight_decay: [0, 0, 0, 0, 0], max_grad_norm: 1 })],
-      ['get_optimizer_state', () => enc.get_optimizer_state()],
-      ['set_optimizer_state', () => enc.set_optimizer_state({ step: [], exp_avg: [], exp_avg_sq: [] })],
+      ['get_prompt', () => enc.get_prompt(1)],
+      // Parameter lists over the disposed encoder
+      ['AdamW.step', () => new AdamW(params).step()],
+      ['AdamW.zero_grad', () => new AdamW(params).zero_grad()],
+      ['clip_grad_norm_', () => clip_grad_norm_(params, 1)],
+      // past_key_values made before: the model refuses them once disposed
+      ['PastKeyValues.grad after dispose', async () => { await past.dispose(); return past.grad(); }],
     ];
     const modelUses: [string, () => unknown][] = [
       ['forward', () => m.forward({ input_ids: ids })],

@@ -5,7 +5,7 @@
  */
 import '../runtime/dispose_polyfill';
 import { PeftNodeError, nativeCall } from '../errors';
-import { PrefixEncoder } from '../peft/prefix_encoder';
+import { Parameter, native_refs } from '../nn/parameter';
 import { native, NativeProcessGroup } from '../runtime/native';
 import { SerialQueue } from '../runtime/serial_queue';
 import { watch_launcher } from './launch';
@@ -88,20 +88,23 @@ export class ProcessGroup {
   }
 
   /**
-   * DDP's gradient sync: the encoder's grads become their mean over the ranks (one bucket). `counters` (small
-   * integers, e.g. flags) travel in the same all-reduce and resolve summed over the ranks: one round trip per step.
+   * DDP's gradient sync: the parameters' grads become their mean over the ranks (one bucket, in list order, which
+   * must be the same on every rank). `counters` (small integers, e.g. flags) travel in the same all-reduce and
+   * resolve summed over the ranks: one round trip per step.
    */
-  async average_gradients(encoder: PrefixEncoder, counters: number[] = []): Promise<number[]> {
+  async average_gradients(parameters: Iterable<Parameter>, counters: number[] = []): Promise<number[]> {
     for (const c of counters)
       if (!(Number.isInteger(c) && Math.abs(c) <= 2 ** 24))
         throw new PeftNodeError('ERR_INVALID_INPUT', `average_gradients: counters must be integers within ±2^24 (exact in float32), got ${c}`);
-    const sums = await encoder.queue.run(() => this.run(() => this.handle.averageGradients(encoder.handle, Float64Array.from(counters))));
+    const refs = await native_refs(parameters, 'average_gradients');
+    const sums = await this.run(() => this.handle.averageGradients(refs, Float64Array.from(counters)));
     return Array.from(sums);
   }
 
   /** DDP's start: rank 0's parameter values everywhere. */
-  async broadcast_parameters(encoder: PrefixEncoder): Promise<void> {
-    await encoder.queue.run(() => this.run(() => this.handle.broadcastParameters(encoder.handle)));
+  async broadcast_parameters(parameters: Iterable<Parameter>): Promise<void> {
+    const refs = await native_refs(parameters, 'broadcast_parameters');
+    await this.run(() => this.handle.broadcastParameters(refs));
   }
 
   /** Every rank's `values` (exact: float64), indexed [rank][i]. Each rank must pass as many values. */

@@ -5,7 +5,7 @@
  * main thread; streamers get each step's tokens as they come.
  */
 import { CALLER_ERRORS, PeftNodeError, repr } from '../errors';
-import type { PrefixEncoder } from '../peft/prefix_encoder';
+import type { PastKeyValues } from '../cache_utils';
 import { check_allocation, dtype_bytes } from '../runtime/memory';
 import type { NativeBloomModel } from '../runtime/native';
 import { IntMatrixLike, Tensor, toIntMatrix } from '../tensor';
@@ -61,7 +61,7 @@ export async function run_generate(
   handle: NativeBloomModel,
   defaults: GenerationConfig,
   options: GenerateOptions,
-  prefix: { encoder?: PrefixEncoder },
+  past?: PastKeyValues,
 ): Promise<Tensor | GenerateOutput> {
   const ids = toIntMatrix(options.input_ids, 'input_ids');
   const [B, T] = ids.dims;
@@ -82,7 +82,7 @@ export async function run_generate(
   check('seed', options.seed, Number.isSafeInteger(options.seed) && options.seed! >= 0, 'must be a non-negative integer');
   // A KV-cache decoder ends up holding keys and values for every position: refuse what cannot fit, before allocating.
   const mc = handle.config() as { n_layer: number; hidden_size: number; vocab_size: number; dtype: string; device: string };
-  const P = prefix.encoder ? prefix.encoder.handle.options().numVirtualTokens : 0;
+  const P = past ? past.num_virtual_tokens : 0;
   const hint = 'lower max_new_tokens / max_length or the batch size';
   check_allocation(`generate with ${B} row(s) of ${P} + ${T} + ${maxNew} positions`, 2 * mc.n_layer * B * (P + T + maxNew) * mc.hidden_size * dtype_bytes(mc.dtype), mc.device, hint);
   if (options.output_scores) check_allocation(`generate's output_scores (${maxNew} x ${B} x ${mc.vocab_size})`, maxNew * B * mc.vocab_size * 4, mc.device, hint, maxNew * B * mc.vocab_size);
@@ -103,7 +103,7 @@ export async function run_generate(
       padTokenId: o.pad_token_id ?? undefined,
       seed: options.seed,
       outputScores: options.output_scores ?? false,
-      encoder: prefix.encoder?.handle,
+      pastKeyValues: past?.handle,
       onStep: streamer
         ? (tokens: Int32Array) => {
             if (callerError) return false;

@@ -7,12 +7,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { PeftNodeError } from '../errors';
 import { BloomConfig } from '../models/bloom/configuration_bloom';
-import {
-  BloomForCausalLM,
-  CausalLMInputs,
-  CausalLMOutput,
-  Parameter,
-} from '../models/bloom/modeling_bloom';
+import { BloomForCausalLM, CausalLMInputs, CausalLMOutput } from '../models/bloom/modeling_bloom';
+import { Parameter } from '../nn/parameter';
 import { Decoder, stream_text } from '../generation/streamers';
 import { GenerateOptions, GenerateOutput } from '../generation/utils';
 import { Tensor } from '../tensor';
@@ -20,6 +16,8 @@ import { writeDirAtomic } from '../utils/fs_atomic';
 import { readSafetensors, serializeSafetensors } from '../utils/safetensors';
 import { CONFIG_NAME, PEFT_FORMAT_VERSION, PrefixTuningConfig, TaskType } from './config';
 import { PrefixEncoder } from './prefix_encoder';
+import { PastKeyValues } from '../cache_utils';
+import { IntMatrixLike, toIntMatrix } from '../tensor';
 import { load_state_dict_into, read_state_dict } from './save_and_load';
 
 export const WEIGHTS_NAME = 'adapter_model.safetensors';
@@ -184,9 +182,19 @@ export class PeftModel implements AsyncDisposable {
    */
   async forward(inputs: CausalLMInputs, options: PeftForwardOptions = {}): Promise<CausalLMOutput> {
     return this.track(async () => {
-      const encoder = await this.prompt_encoder();
-      return this.base_model.forward(inputs, { ...options, encoder });
+      const [batch, ids] = batchOf(inputs);
+      await using past = await this.get_prompt(batch, { requires_grad: options.backward ?? false });
+      return await this.base_model.forward({ ...inputs, input_ids: ids }, { ...options, past_key_values: past });
     });
+  }
+
+  /**
+   * PEFT's get_prompt(batch_size): the active adapter's prefix for `batch_size` rows, as the base model's
+   * past_key_values. With `requires_grad`, a backward through the model that takes them reaches the adapter.
+   */
+  async get_prompt(batch_size: number, options: { requires_grad?: boolean; adapter_name?: string } = {}): Promise<PastKeyValues> {
+    const encoder = await this.prompt_encoder(options.adapter_name ?? this.active_adapter);
+    return encoder.get_prompt(batch_size, { requires_grad: options.requires_grad ?? false });
   }
 
   /**
@@ -197,8 +205,10 @@ export class PeftModel implements AsyncDisposable {
   generate(options: GenerateOptions): Promise<Tensor>;
   async generate(options: GenerateOptions): Promise<Tensor | GenerateOutput> {
     return this.track(async () => {
-      const encoder = await this.prompt_encoder();
-      return this.base_model.generate({ ...options, encoder });
+      if (typeof options !== 'object' || options === null) return this.base_model.generate(options); // its error
+      const [batch, ids] = batchOf(options);
+      await using past = await this.get_prompt(batch);
+      return await this.base_model.generate({ ...options, input_ids: ids, past_key_values: past });
     });
   }
 
@@ -212,7 +222,7 @@ export class PeftModel implements AsyncDisposable {
     this.check();
     const out: [string, Parameter][] = this.base_model
       .named_parameters()
-      .map(([n, p]) => [`base_model.${n}`, new Parameter(`base_model.${n}`, p.shape, false, () => p.data(), () => p.grad())]);
+      .map(([n, p]) => [`base_model.${n}`, new Parameter(`base_model.${n}`, p.shape, false, () => p.data(), () => p.grad(), () => p.native_ref(), (t) => p.copy_(t))]);
     for (const [adapter, config] of Object.entries(this.peft_config)) {
       for (const [rel, shape] of prefix_encoder_shapes(config)) {
         const name = `prompt_encoder.${adapter}.${rel}`;
@@ -224,11 +234,18 @@ export class PeftModel implements AsyncDisposable {
             true,
             async () => (await this.prompt_encoder(adapter)).get_parameter(rel),
             async () => (await this.prompt_encoder(adapter)).get_grad(rel),
+            async () => [(await this.prompt_encoder(adapter)).handle, rel],
+            async (t) => (await this.prompt_encoder(adapter)).set_parameter(rel, t),
           ),
         ]);
       }
     }
     return out;
+  }
+
+  /** torch's parameters(): every Parameter, frozen ones included (an optimizer takes those with requires_grad). */
+  parameters(): Parameter[] {
+    return this.named_parameters().map(([, p]) => p);
   }
 
   /**
@@ -402,6 +419,7 @@ export class PeftModel implements AsyncDisposable {
       token_dim: mc.hidden_size,
       inference_mode: !is_trainable,
       device: model.device,
+      model,
     }).then(async (enc) => {
       await enc.set_parameter('embedding.weight', emb);
       return enc;
@@ -460,6 +478,15 @@ export function get_peft_model(model: BloomForCausalLM, peft_config: PrefixTunin
     inference_mode: peft_config.inference_mode,
     zero_init: peft_config.init_weights === 'zero',
     device: model.device,
+    model,
   });
   return new PeftModelForCausalLM(model, peft_config, adapter_name, encoder);
+}
+
+/** The batch size of `inputs.input_ids`, and the ids as a tensor (converted once, not again by the base model). */
+function batchOf(inputs: { input_ids: IntMatrixLike }): [number, Tensor] {
+  if (typeof inputs !== 'object' || inputs === null)
+    throw new PeftNodeError('ERR_INVALID_INPUT', 'forward() / generate() need an inputs object with input_ids');
+  const ids = toIntMatrix(inputs.input_ids, 'input_ids');
+  return [ids.dims[0], new Tensor('int32', ids.data, ids.dims)];
 }

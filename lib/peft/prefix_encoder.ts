@@ -1,10 +1,14 @@
 /**
  * PrefixEncoder: PEFT's trainable prefix store (peft/tuners/prefix_tuning/model.py), held in native memory.
  * Embedding(P, 2·L·D), or with prefix_projection Embedding(P, D) -> Linear(D, E) -> Tanh -> Linear(E, 2·L·D).
+ * Its output is the base model's past_key_values (get_prompt); optimizers reach its parameters as Parameters.
  */
 import '../runtime/dispose_polyfill';
+import { PastKeyValues } from '../cache_utils';
 import { PeftNodeError, nativeCall } from '../errors';
-import { native, NativeOptimizerState, NativePrefixEncoder } from '../runtime/native';
+import { Parameter } from '../nn/parameter';
+import type { BloomForCausalLM } from '../models/bloom/modeling_bloom';
+import { native, NativePrefixEncoder } from '../runtime/native';
 import { withGlobalGenerator } from '../runtime/rng';
 import { SerialQueue } from '../runtime/serial_queue';
 import { Tensor, isFloatArray } from '../tensor';
@@ -20,12 +24,14 @@ export interface PrefixEncoderOptions {
   /** init_weights: "zero" (PEFT >= 0.19): zero the last layer. */
   zero_init?: boolean;
   device?: string;
+  /** The model it is made for: its work then runs on that model's thread (one malloc arena for both). */
+  model?: BloomForCausalLM;
 }
 
 export class PrefixEncoder {
   /** @internal */
   readonly handle: NativePrefixEncoder;
-  /** @internal */
+  /** @internal calls on this encoder, in call order */
   readonly queue = new SerialQueue();
   private disposed = false;
 
@@ -46,6 +52,7 @@ export class PrefixEncoder {
           inferenceMode: opts.inference_mode ?? false,
           zeroInit: opts.zero_init ?? false,
           device: opts.device ?? 'cpu',
+          model: opts.model?.native_module(),
         }),
       ),
     );
@@ -56,10 +63,23 @@ export class PrefixEncoder {
     if (this.disposed) throw new PeftNodeError('ERR_DISPOSED', 'this prefix encoder was disposed');
   }
 
+  get num_virtual_tokens(): number {
+    this.check();
+    return this.handle.options().numVirtualTokens;
+  }
+
   /** [name, shape] of each parameter, PEFT's names relative to the encoder (`embedding.weight`, `transform.0.weight`…). */
   parameter_shapes(): [string, number[]][] {
     this.check();
     return this.handle.parameterInfo().map(([n, shape]) => [n, shape]);
+  }
+
+  /** Its parameters (all trainable), names relative to the encoder. */
+  named_parameters(): [string, Parameter][] {
+    return this.parameter_shapes().map(([n, shape]) => [
+      n,
+      new Parameter(n, shape, true, () => this.get_parameter(n), () => this.get_grad(n), [this.handle, n], (t) => this.set_parameter(n, t)),
+    ]);
   }
 
   async get_parameter(name: string): Promise<Tensor> {
@@ -89,49 +109,22 @@ export class PrefixEncoder {
     await this.queue.run(() => nativeCall(() => this.handle.zeroGrad()));
   }
 
+  /**
+   * PEFT's get_prompt(batch_size): the prefix for `batch_size` rows as past_key_values. With `requires_grad` a
+   * backward through the model that takes them accumulates into this encoder's parameters.
+   */
+  async get_prompt(batch_size: number, options: { requires_grad?: boolean } = {}): Promise<PastKeyValues> {
+    this.check();
+    const handle = await this.queue.run(() => nativeCall(() => this.handle.getPrompt(batch_size, options.requires_grad ?? false)));
+    return new PastKeyValues(handle);
+  }
+
   /** PEFT's get_prompt_embedding_to_save: the float32 [P, 2·L·D] prefix (the MLP output when projecting). */
   async prompt_embeddings(): Promise<Tensor> {
     this.check();
     const { numVirtualTokens } = this.handle.options();
     const data = await this.queue.run(() => nativeCall(() => this.handle.promptEmbeddings()));
     return new Tensor('float32', data, [numVirtualTokens, data.length / numVirtualTokens]);
-  }
-
-  /**
-   * One optimizer update from the accumulated gradients, as HF Trainer does it: clip_grad_norm_ (when
-   * max_grad_norm > 0), AdamW (torch's single-tensor algorithm), zero_grad. Returns the pre-clip gradient norm.
-   */
-  async optimizer_step(options: {
-    lr: number;
-    betas: [number, number];
-    eps: number;
-    weight_decay: number[];
-    max_grad_norm: number;
-  }): Promise<number> {
-    this.check();
-    return this.queue.run(() =>
-      nativeCall(() =>
-        this.handle.optimizerStep({
-          lr: options.lr,
-          beta1: options.betas[0],
-          beta2: options.betas[1],
-          eps: options.eps,
-          weightDecay: options.weight_decay,
-          maxGradNorm: options.max_grad_norm,
-        }),
-      ),
-    );
-  }
-
-  /** AdamW state (exp_avg, exp_avg_sq, step per parameter), for checkpoints. */
-  async get_optimizer_state(): Promise<NativeOptimizerState> {
-    this.check();
-    return this.queue.run(() => nativeCall(() => this.handle.getOptimizerState()));
-  }
-
-  async set_optimizer_state(state: NativeOptimizerState): Promise<void> {
-    this.check();
-    await this.queue.run(() => nativeCall(() => this.handle.setOptimizerState(state)));
   }
 
   async dispose(): Promise<void> {

@@ -19,9 +19,7 @@ export interface NativeForwardInputs {
 export interface NativeForwardOptions {
   backward?: boolean;
   returnLogits?: boolean;
-  prefix?: Float32Array | Float64Array;
-  numVirtualTokens?: number;
-  encoder?: NativePrefixEncoder;
+  pastKeyValues?: NativePastKeyValues;
   lossScale?: number;
 }
 
@@ -29,7 +27,26 @@ export interface NativeForwardResult {
   loss?: number;
   logits?: Float32Array | Float64Array;
   logitsDims?: number[];
-  prefixGrad?: Float32Array | Float64Array;
+}
+
+/** A prompt's key/value prefix for every layer, [B, P, 2·L·D] (native/binding/past_key_values_wrap.cpp). */
+export interface NativePastKeyValues {
+  dims(): number[];
+  /** The gradient of the raw prefix it was made from (fromPrefix), or null. */
+  grad(): Promise<Float32Array | Float64Array | null>;
+  dispose(): Promise<void>;
+}
+
+/** A native object that owns parameters: what a parameter list refers to, as [module, name]. */
+export type NativeModule = NativeBloomModel | NativePrefixEncoder;
+export type NativeParameterRef = [NativeModule, string];
+
+/** torch.optim.AdamW over a parameter list (native/binding/optimizer_wrap.cpp). */
+export interface NativeAdamW {
+  step(lr: number): Promise<void>;
+  zeroGrad(): Promise<void>;
+  getState(): Promise<NativeOptimizerState>;
+  setState(state: NativeOptimizerState): Promise<void>;
 }
 
 /** [name, shape, requires_grad] as the native tensors report them. */
@@ -59,9 +76,7 @@ export interface NativeGenerateOptions {
   padTokenId?: number;
   seed?: number;
   outputScores?: boolean;
-  prefix?: Float32Array | Float64Array;
-  numVirtualTokens?: number;
-  encoder?: NativePrefixEncoder;
+  pastKeyValues?: NativePastKeyValues;
   /** Each step's new tokens (one per row); returning false stops after this step. */
   onStep?: (tokens: Int32Array) => boolean | void;
 }
@@ -82,10 +97,12 @@ export interface NativePrefixEncoderOptions {
   inferenceMode?: boolean;
   zeroInit?: boolean;
   device?: string;
+  /** Share this model's thread. */
+  model?: NativeBloomModel;
 }
 
 export interface NativePrefixEncoder {
-  options(): Required<Omit<NativePrefixEncoderOptions, 'device'>>;
+  options(): Required<Omit<NativePrefixEncoderOptions, 'device' | 'model'>>;
   parameterInfo(): NativeParameterInfo[];
   namesWithGrad(): Promise<string[]>;
   getParameter(name: string): Promise<Float32Array>;
@@ -93,21 +110,9 @@ export interface NativePrefixEncoder {
   setParameter(name: string, value: Float32Array | Float64Array): Promise<void>;
   zeroGrad(): Promise<void>;
   promptEmbeddings(): Promise<Float32Array>;
-  optimizerStep(options: NativeOptimizerStep): Promise<number>;
-  getOptimizerState(): Promise<NativeOptimizerState>;
-  setOptimizerState(state: NativeOptimizerState): Promise<void>;
+  /** PEFT's get_prompt(batch): past_key_values for `batch` rows, differentiable with requiresGrad. */
+  getPrompt(batch: number, requiresGrad: boolean): Promise<NativePastKeyValues>;
   dispose(): Promise<void>;
-}
-
-export interface NativeOptimizerStep {
-  lr: number;
-  beta1: number;
-  beta2: number;
-  eps: number;
-  /** One value per parameter, in parameter order. */
-  weightDecay: number[];
-  /** <= 0: measure the norm without clipping. */
-  maxGradNorm: number;
 }
 
 /** AdamW state in parameter order (empty arrays before the first step). */
@@ -175,8 +180,8 @@ export interface NativeProcessGroup {
   rank(): number;
   worldSize(): number;
   /** Also sums `counters` over the ranks in the same all-reduce (exact up to 2^24). */
-  averageGradients(encoder: NativePrefixEncoder, counters?: Float64Array): Promise<Float64Array>;
-  broadcastParameters(encoder: NativePrefixEncoder): Promise<Float64Array>;
+  averageGradients(parameters: NativeParameterRef[], counters?: Float64Array): Promise<Float64Array>;
+  broadcastParameters(parameters: NativeParameterRef[]): Promise<Float64Array>;
   allGather(values: Float64Array): Promise<Float64Array>;
   allGatherString(value: string): Promise<string[]>;
   barrier(): Promise<void>;
@@ -188,6 +193,10 @@ export interface NativeAddon {
   PrefixEncoder: { create(options: NativePrefixEncoderOptions): Promise<NativePrefixEncoder> };
   Checkpoint: { open(dir: string): Promise<NativeCheckpoint> };
   ProcessGroup: { create(options: NativeProcessGroupOptions): Promise<NativeProcessGroup> };
+  PastKeyValues: { fromPrefix(prefix: Float32Array | Float64Array, numVirtualTokens: number, batch: number, requiresGrad: boolean, perRow: boolean): NativePastKeyValues };
+  AdamW: { create(parameters: NativeParameterRef[], options: { beta1: number; beta2: number; eps: number; weightDecay: number[] }): NativeAdamW };
+  /** torch.nn.utils.clip_grad_norm_: resolves with the pre-clip norm; max_norm <= 0 only measures. */
+  clipGradNorm(parameters: NativeParameterRef[], maxNorm: number): Promise<number>;
   manualSeed(seed: number): void;
   setNumThreads(n: number): void;
   setExactMode(exact: boolean): void;

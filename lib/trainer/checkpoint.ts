@@ -8,7 +8,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { PeftNodeError } from '../errors';
 import { PeftModelForCausalLM } from '../peft/peft_model';
-import { PrefixEncoder } from '../peft/prefix_encoder';
+import { Parameter } from '../nn/parameter';
+import { AdamW, AdamWParamState } from '../optim/adamw';
 import { Tensor } from '../tensor';
 import { writeDirAtomic, writeFileAtomic } from '../utils/fs_atomic';
 import { readJsonObject } from '../utils/python_json';
@@ -90,30 +91,49 @@ function isAlive(pid: number): boolean {
   }
 }
 
+/**
+ * What a checkpoint holds of the training: the trainable parameters under their checkpoint names (the adapter's own
+ * names, e.g. `embedding.weight`) and the optimizer over them.
+ */
+export interface TrainingStateRefs {
+  parameters: [string, Parameter][];
+  optimizer: AdamW;
+}
+
+/** The optimizer's per-parameter state by checkpoint name (parameters it does not hold are absent). */
+async function optimizerStateByName(t: TrainingStateRefs): Promise<Map<string, AdamWParamState>> {
+  const nameOf = new Map(t.parameters.map(([n, p]) => [p, n] as const));
+  const order = t.optimizer.param_groups.flatMap((g) => g.params);
+  const states = await t.optimizer.get_state();
+  return new Map(order.map((p, i) => [nameOf.get(p) ?? p.name, states[i]] as const));
+}
+
 export async function save_checkpoint(opts: {
   output_dir: string;
   model: PeftModelForCausalLM;
-  encoder: PrefixEncoder;
+  training: TrainingStateRefs;
   state: TrainerState;
   args: TrainingArguments;
   resume: ResumeState;
   tokenizer?: { save_pretrained?(dir: string): unknown };
 }): Promise<string> {
-  const { encoder, state } = opts;
+  const { training, state } = opts;
   const dir = path.join(opts.output_dir, `${PREFIX}${state.global_step}`);
   // Everything async first; then one synchronous write into a temporary directory.
-  const names = encoder.parameter_shapes();
   const params: [string, Tensor][] = [];
-  for (const [n] of names) params.push([n, await encoder.get_parameter(n)]);
-  const opt = await encoder.get_optimizer_state();
+  for (const [n, p] of training.parameters) params.push([n, await p.data()]);
+  const byName = await optimizerStateByName(training);
+  const stepped = [...byName.values()].some((st) => st.step > 0); // torch has no state before the first step
   const optTensors: [string, Tensor][] = [];
   const optMeta: Record<string, string> = { format: 'pt' };
-  opt.step.forEach((step, i) => {
-    const [n, shape] = names[i];
-    optMeta[`step.${n}`] = String(step);
-    if (opt.exp_avg[i]) optTensors.push([`exp_avg.${n}`, new Tensor('float32', opt.exp_avg[i]!, shape)]);
-    if (opt.exp_avg_sq[i]) optTensors.push([`exp_avg_sq.${n}`, new Tensor('float32', opt.exp_avg_sq[i]!, shape)]);
-  });
+  if (stepped)
+    for (const [n] of training.parameters) {
+      const st = byName.get(n);
+      if (!st) continue;
+      optMeta[`step.${n}`] = String(st.step);
+      if (st.exp_avg) optTensors.push([`exp_avg.${n}`, st.exp_avg]);
+      if (st.exp_avg_sq) optTensors.push([`exp_avg_sq.${n}`, st.exp_avg_sq]);
+    }
   // Temporaries live in output_dir under names clean_stale_temporaries recognises, so a killed save leaks nothing.
   fs.mkdirSync(opts.output_dir, { recursive: true });
   clean_stale_temporaries(opts.output_dir);
@@ -145,14 +165,14 @@ export async function save_checkpoint(opts: {
 }
 
 /**
- * Loads a checkpoint into `encoder` and returns the Trainer state to continue from. `process` says which rank of how
+ * Loads a checkpoint into the trainable parameters and the optimizer and returns the Trainer state to continue from. `process` says which rank of how
  * many is resuming: the same world size as the run that saved it continues each rank's loss window exactly; another
  * world size shares the window out so that the next logged loss is still right (and warns: each update then sees
  * a different batch than before).
  */
 export async function load_checkpoint(
   dir: string,
-  encoder: PrefixEncoder,
+  training: TrainingStateRefs,
   process_: { rank: number; world_size: number } = { rank: 0, world_size: 1 },
 ): Promise<{ state: TrainerState; resume: ResumeState }> {
   const need = (f: string) => {
@@ -162,25 +182,33 @@ export async function load_checkpoint(
   };
   const state = TrainerState.from_json_file(need('trainer_state.json'));
   const params = readSafetensors(need(TRAINABLE)).tensors;
-  const names = encoder.parameter_shapes();
-  for (const [n, shape] of names) {
+  const names = training.parameters.map(([n]) => n);
+  for (const [n, p] of training.parameters) {
     const t = params.get(n);
     if (!t) throw new PeftNodeError('ERR_WEIGHT_MISSING', `${path.join(dir, TRAINABLE)} has no '${n}': the checkpoint is for another prefix configuration`);
-    if (t.dims.join() !== shape.join()) throw new PeftNodeError('ERR_SHAPE_MISMATCH', `${path.join(dir, TRAINABLE)}: '${n}' has shape [${t.dims}], the model expects [${shape}]`);
-    await encoder.set_parameter(n, t);
+    if (t.dims.join() !== p.shape.join()) throw new PeftNodeError('ERR_SHAPE_MISMATCH', `${path.join(dir, TRAINABLE)}: '${n}' has shape [${t.dims}], the model expects [${p.shape}]`);
+    await p.copy_(t);
   }
   const optFile = need(OPTIMIZER);
   const opt = readSafetensors(optFile);
-  const steps = names.map(([n]) => opt.metadata[`step.${n}`]);
+  const steps = names.map((n) => opt.metadata[`step.${n}`]);
   for (const [i, st] of steps.entries())
     if (st !== undefined && !(/^\d{1,15}$/.test(st) && Number.isSafeInteger(Number(st))))
-      throw new PeftNodeError('ERR_CONFIG', `${optFile}: metadata 'step.${names[i][0]}' must be a non-negative integer, got ${JSON.stringify(st)}`);
-  if (steps.every((s) => s !== undefined))
-    await encoder.set_optimizer_state({
-      step: steps.map(Number),
-      exp_avg: names.map(([n]) => (opt.tensors.get(`exp_avg.${n}`)?.data as Float32Array) ?? null),
-      exp_avg_sq: names.map(([n]) => (opt.tensors.get(`exp_avg_sq.${n}`)?.data as Float32Array) ?? null),
-    });
+      throw new PeftNodeError('ERR_CONFIG', `${optFile}: metadata 'step.${names[i]}' must be a non-negative integer, got ${JSON.stringify(st)}`);
+  if (steps.every((s) => s !== undefined)) {
+    const shapeOf = new Map(training.parameters.map(([n, p]) => [n, p.shape] as const));
+    const tensor = (key: string, n: string) => {
+      const t = opt.tensors.get(key);
+      if (t && t.dims.join() !== shapeOf.get(n)!.join())
+        throw new PeftNodeError('ERR_SHAPE_MISMATCH', `${optFile}: '${key}' has shape [${t.dims}], the parameter has [${shapeOf.get(n)}]`);
+      if (t && t.type !== 'float32' && t.type !== 'float64') throw new PeftNodeError('ERR_CONFIG', `${optFile}: '${key}' must be F32 or F64, got ${t.type}`);
+      return t && t.type === 'float64' ? new Tensor('float32', Float32Array.from(t.data as Float64Array), t.dims) : (t ?? null);
+    };
+    const byName = new Map(names.map((n, i) => [n, { step: Number(steps[i]), exp_avg: tensor(`exp_avg.${n}`, n), exp_avg_sq: tensor(`exp_avg_sq.${n}`, n) }] as const));
+    const nameOf = new Map(training.parameters.map(([n, p]) => [p, n] as const));
+    const order = training.optimizer.param_groups.flatMap((g) => g.params);
+    await training.optimizer.set_state(order.map((p) => byName.get(nameOf.get(p) ?? p.name) ?? { step: 0, exp_avg: null, exp_avg_sq: null }));
+  }
   return { state, resume: read_resume_state(need(RESUME), state.global_step, process_) };
 }
 

@@ -6,16 +6,18 @@
  * stopped (AbortSignal, Ctrl-C) after the current step with a checkpoint saved.
  */
 import * as path from 'node:path';
-import { ProcessGroup, default_process_group, distributed_env, init_process_group } from '../distributed/process_group';
+import { default_process_group, distributed_env, init_process_group } from '../distributed/process_group';
 import { PeftNodeError } from '../errors';
+import { Parameter } from '../nn/parameter';
+import { AdamW } from '../optim/adamw';
+import { grad_norm_and_clip } from '../optim/clip_grad';
 import { PeftModelForCausalLM } from '../peft/peft_model';
-import { PrefixEncoder } from '../peft/prefix_encoder';
 import { set_seed } from '../runtime/rng';
 import { Tensor } from '../tensor';
 import { randperm } from '../utils/torch_random';
 import { PrinterCallback, ProgressCallback, TrainerCallback } from './callbacks';
-import { load_checkpoint, save_checkpoint, rotate_checkpoints, latest_checkpoint, ResumeState } from './checkpoint';
-import { check_same_configuration, dataloader_length, float32_mean, shard_batches } from './data_parallel';
+import { load_checkpoint, save_checkpoint, rotate_checkpoints, latest_checkpoint, ResumeState, TrainingStateRefs } from './checkpoint';
+import { DataParallel, Distribution, SingleProcess, dataloader_length, shard_batches } from './data_parallel';
 import { learning_rate_at, uses_weight_decay } from './optimization';
 import { TrainingArguments } from './training_args';
 import { LogEntry, TrainerState } from './trainer_state';
@@ -117,6 +119,8 @@ export class Trainer {
   readonly callbacks: TrainerCallback[];
   readonly max_consecutive_nonfinite_steps: number | null;
   state = new TrainerState();
+  /** The optimizer of the last train() (HF's trainer.optimizer): torch's AdamW over the trainable parameters. */
+  optimizer?: AdamW;
 
   constructor(options: TrainerOptions) {
     if (!(options.model instanceof PeftModelForCausalLM))
@@ -170,15 +174,34 @@ export class Trainer {
   }
 
   /**
-   * The data-parallel group this process trains in: the default one, joined here from the launcher's environment
-   * (WORLD_SIZE > 1) as HF's TrainingArguments does; undefined for a single process.
+   * How this process trains: one rank of the default process group — joined here from the launcher's environment
+   * (WORLD_SIZE > 1) as HF's TrainingArguments does — or alone.
    */
-  private async processGroup(): Promise<ProcessGroup | undefined> {
-    const existing = default_process_group();
-    if (existing) return existing.world_size > 1 ? existing : undefined;
-    if (!distributed_env()) return undefined;
-    const pg = await init_process_group({ backend: this.args.ddp_backend, timeout: this.args.ddp_timeout });
-    return pg.world_size > 1 ? pg : undefined;
+  private async distribution(): Promise<Distribution> {
+    const pg = default_process_group() ?? (distributed_env() ? await init_process_group({ backend: this.args.ddp_backend, timeout: this.args.ddp_timeout }) : undefined);
+    return pg && pg.world_size > 1 ? new DataParallel(pg) : new SingleProcess();
+  }
+
+  /**
+   * What HF's create_optimizer makes: torch's AdamW over the trainable parameters (the active adapter's), in two
+   * groups — weight decay for all but biases and norms, none for those. Names are the adapter's own (checkpoints).
+   */
+  private trainingState(): TrainingStateRefs {
+    const args = this.args;
+    const prefix = `prompt_encoder.${this.model.active_adapter}.`;
+    const parameters = this.model
+      .named_parameters()
+      .filter(([n, p]) => p.requires_grad && n.startsWith(prefix))
+      .map(([n, p]) => [n.slice(prefix.length), p] as [string, Parameter]);
+    const hyper = { lr: args.learning_rate, betas: [args.adam_beta1, args.adam_beta2] as [number, number], eps: args.adam_epsilon };
+    const optimizer = new AdamW(
+      [
+        { params: parameters.filter(([n]) => uses_weight_decay(n)).map(([, p]) => p), weight_decay: args.weight_decay },
+        { params: parameters.filter(([n]) => !uses_weight_decay(n)).map(([, p]) => p), weight_decay: 0.0 },
+      ],
+      hyper,
+    );
+    return { parameters, optimizer };
   }
 
   /** Runs training as HF's Trainer.train() does; resolves with { global_step, training_loss, metrics }. */
@@ -192,8 +215,8 @@ export class Trainer {
     const N = datasetLength(ds);
     const bs = args.per_device_train_batch_size, GA = args.gradient_accumulation_steps;
     // Data parallelism (a launcher's WORLD_SIZE > 1): W ranks, each taking every W-th micro-batch of the seeded order.
-    const pg = await this.processGroup();
-    const W = pg?.world_size ?? 1, rank = pg?.rank ?? 0;
+    const dist = await this.distribution();
+    const W = dist.world_size, rank = dist.rank;
     const lenDataloader = dataloader_length(N, bs, W, args.dataloader_drop_last);
     if (lenDataloader === 0) throw new PeftNodeError('ERR_INVALID_INPUT', `train_dataset has ${N} rows: not one batch of ${bs}${W > 1 ? ` for each of ${W} processes` : ''}`);
     const updatesPerEpoch = Math.max(Math.floor(lenDataloader / GA) + (lenDataloader % GA > 0 ? 1 : 0), 1);
@@ -209,9 +232,10 @@ export class Trainer {
     }
     const warmup = args.get_warmup_steps(maxSteps);
     const dataSeed = args.data_seed ?? args.seed;
-    const encoder: PrefixEncoder = await this.model.prompt_encoder();
-    const paramNames = encoder.parameter_shapes().map(([n]) => n);
-    const weightDecay = paramNames.map((n) => (uses_weight_decay(n) ? args.weight_decay : 0.0));
+    await this.model.prompt_encoder(); // the adapter exists (its creation's errors surface here)
+    const training = this.trainingState();
+    const params = training.parameters.map(([, p]) => p);
+    const optimizer = (this.optimizer = training.optimizer);
     // HF's floating_point_ops: 6 · tokens · base parameters without the embeddings.
     const flopParams = this.model.base_model.num_parameters() - this.model.base_model.config.vocab_size * this.model.base_model.config.hidden_size;
 
@@ -220,8 +244,8 @@ export class Trainer {
     state.max_steps = maxSteps;
     state.num_train_epochs = numEpochs;
     state.train_batch_size = bs;
-    state.is_world_process_zero = rank === 0;
-    state.is_local_process_zero = (pg?.local_rank ?? 0) === 0;
+    state.is_world_process_zero = dist.is_main_process;
+    state.is_local_process_zero = dist.local_rank === 0;
     const stepsOf = (v: number | null) => (v === null ? 0 : v < 1 ? Math.ceil(maxSteps * v) : v);
     state.logging_steps = stepsOf(args.logging_steps);
     state.eval_steps = args.eval_steps === null ? state.eval_steps : stepsOf(args.eval_steps); // HF keeps 500 when unset
@@ -231,31 +255,28 @@ export class Trainer {
     if (options.resume_from_checkpoint) {
       resumeDir = options.resume_from_checkpoint === true ? latest_checkpoint(args.output_dir) : options.resume_from_checkpoint;
     }
-    const noCheckpoint = () => new PeftNodeError('ERR_FILE_NOT_FOUND', `no checkpoint found in ${args.output_dir} to resume from`);
-    if (options.resume_from_checkpoint && !resumeDir && !pg) throw noCheckpoint();
-    if (pg) {
-      // Every rank must train the same thing; then, as DDP does at wrap time, all start from rank 0's parameters.
-      const model = this.model.base_model.config;
-      await check_same_configuration(pg, {
-        world_size: W,
-        model: [model.n_layer, model.hidden_size, model.n_head, model.vocab_size],
-        prefix: encoder.parameter_shapes(),
-        training_arguments: { ...args.to_dict(), output_dir: undefined },
-        train_dataset_rows: N,
-        // A rank that finds no checkpoint (another machine's disk) shows here, so that all ranks fail together.
-        resume_from_checkpoint: resumeDir !== undefined ? path.basename(resumeDir) : options.resume_from_checkpoint ? `none in ${args.output_dir}` : null,
-      });
-      if (options.resume_from_checkpoint && !resumeDir) throw noCheckpoint();
-    }
+    // Every rank must train the same thing (a rank that finds no checkpoint, on another machine's disk, shows here, so
+    // that all ranks fail together); then, as DDP does at wrap time, all start from rank 0's parameters.
+    const model = this.model.base_model.config;
+    await dist.check_same_configuration({
+      world_size: W,
+      model: [model.n_layer, model.hidden_size, model.n_head, model.vocab_size],
+      prefix: training.parameters.map(([n, p]) => [n, p.shape]),
+      training_arguments: { ...args.to_dict(), output_dir: undefined },
+      train_dataset_rows: N,
+      resume_from_checkpoint: resumeDir !== undefined ? path.basename(resumeDir) : options.resume_from_checkpoint ? `none in ${args.output_dir}` : null,
+    });
+    if (options.resume_from_checkpoint && !resumeDir)
+      throw new PeftNodeError('ERR_FILE_NOT_FOUND', `no checkpoint found in ${args.output_dir} to resume from`);
     if (resumeDir) {
-      const loaded = await load_checkpoint(resumeDir, encoder, { rank, world_size: W });
-      Object.assign(state, loaded.state, { max_steps: maxSteps, num_train_epochs: numEpochs, is_world_process_zero: rank === 0, is_local_process_zero: state.is_local_process_zero });
+      const loaded = await load_checkpoint(resumeDir, training, { rank, world_size: W });
+      Object.assign(state, loaded.state, { max_steps: maxSteps, num_train_epochs: numEpochs, is_world_process_zero: dist.is_main_process, is_local_process_zero: state.is_local_process_zero });
       resume = loaded.resume;
     }
     // trainer_state.json records the world size where HF's TrainerState keeps extra state (so Python still loads it).
     const { DataParallel: _previous, ...callbacks } = state.stateful_callbacks;
-    state.stateful_callbacks = pg ? { ...callbacks, DataParallel: { args: { world_size: W }, attributes: {} } } : callbacks;
-    if (pg) await pg.broadcast_parameters(encoder);
+    state.stateful_callbacks = W > 1 ? { ...callbacks, DataParallel: { args: { world_size: W }, attributes: {} } } : callbacks;
+    await dist.broadcast_parameters(params);
     const epochsTrained = Math.floor(state.global_step / updatesPerEpoch);
     let updatesTrainedInEpoch = state.global_step % updatesPerEpoch;
 
@@ -275,12 +296,12 @@ export class Trainer {
 
     // HF's store_flos: each rank's FLOPs since the last call, summed over the ranks.
     const storeFlos = async () => {
-      state.total_flos += pg ? (await pg.all_gather([currentFlos])).reduce((s, [f]) => s + f, 0) : currentFlos;
+      state.total_flos += (await dist.sum([currentFlos]))[0];
       currentFlos = 0;
     };
     // The logged loss: the float32 mean over ranks of each rank's running sum (HF's nested_gather(tr_loss).mean()).
     const logWindow = async () => {
-      const trLossScalar = pg ? float32_mean((await pg.all_gather([trLoss])).map(([v]) => v)) : trLoss;
+      const trLossScalar = await dist.mean_loss(trLoss);
       trLoss = Math.fround(trLoss - trLoss);
       const logs: LogEntry = { loss: trLossScalar / (state.global_step - lastLogged) };
       if (gradNorm !== undefined) logs.grad_norm = gradNorm;
@@ -291,7 +312,7 @@ export class Trainer {
       await this.log(logs);
     };
     const save = () =>
-      this.saveCheckpoint(encoder, { tr_loss: trLoss, total_loss_scalar: totalLossScalar, globalstep_last_logged: lastLogged, current_flos: currentFlos }, pg);
+      this.saveCheckpoint(training, { tr_loss: trLoss, total_loss_scalar: totalLossScalar, globalstep_last_logged: lastLogged, current_flos: currentFlos }, dist);
 
     let interrupted = false;
     let gradNorm: number | undefined;
@@ -316,12 +337,8 @@ export class Trainer {
           let numItems = group.every((b) => b.labels !== undefined)
             ? group.reduce((n, b) => n + labelRows(b.labels).reduce((m, r) => m + r.slice(1).filter((v) => v !== -100).length, 0), 0)
             : undefined;
-          let lossScale = 1;
-          if (pg && args.average_tokens_across_devices) {
-            const counts = (await pg.all_gather([numItems ?? -1])).map(([c]) => c);
-            numItems = counts.every((c) => c >= 0) ? counts.reduce((s, c) => s + c, 0) : undefined;
-            if (numItems !== undefined) lossScale = W;
-          }
+          const { num_items, loss_scale: lossScale } = await dist.num_items_in_batch(numItems, args.average_tokens_across_devices);
+          numItems = num_items;
           for (const batch of group) {
             step++;
             const doSync = (step + 1) % GA === 0 || step + 1 === stepsInEpoch;
@@ -332,21 +349,17 @@ export class Trainer {
             else trLoss = Math.fround(trLoss + loss);
             currentFlos += 6 * numelOf(batch.input_ids) * flopParams;
             if (!doSync) continue;
-            if (pg) {
-              // DDP's gradient sync; and one decision for all ranks on stopping (a signal reached some) and on
-              // whether this step was non-finite anywhere, so that no rank stops or fails alone.
-              const [stops, nonFinite] = await pg.average_gradients(encoder, [controller.signal.aborted ? 1 : 0, stepNonFinite ? 1 : 0]);
-              if (stops > 0) controller.abort();
-              stepNonFinite = nonFinite > 0;
-            }
+            // DDP's gradient sync; and one decision for all ranks on stopping (a signal reached some) and on whether
+            // this step was non-finite anywhere, so that no rank stops or fails alone.
+            const [stops, nonFinite] = await dist.sync_gradients(params, [controller.signal.aborted ? 1 : 0, stepNonFinite ? 1 : 0]);
+            if (stops > 0) controller.abort();
+            stepNonFinite = nonFinite > 0;
+            // clip_grad_norm_, optimizer.step(), lr_scheduler.step(), optimizer.zero_grad() (transformers 1860-1881).
             learningRate = learning_rate_at(args.learning_rate, args.lr_scheduler_type, state.global_step, warmup, maxSteps);
-            gradNorm = await encoder.optimizer_step({
-              lr: learningRate,
-              betas: [args.adam_beta1, args.adam_beta2],
-              eps: args.adam_epsilon,
-              weight_decay: weightDecay,
-              max_grad_norm: args.max_grad_norm,
-            });
+            for (const g of optimizer.param_groups) g.lr = learningRate;
+            gradNorm = await grad_norm_and_clip(params, args.max_grad_norm);
+            await optimizer.step();
+            await optimizer.zero_grad();
             state.global_step += 1;
             state.epoch = epoch + (step + 1) / stepsInEpoch;
             if (!Number.isFinite(gradNorm)) stepNonFinite = true;
@@ -367,7 +380,7 @@ export class Trainer {
             if (shouldLog && gs > lastLogged) await logWindow();
             if (shouldEval && this.eval_dataset) await this.evaluate();
             const limit = this.max_consecutive_nonfinite_steps;
-            if (limit !== null && nonFiniteStreak >= limit) throw await this.nonFiniteError(encoder, nonFiniteStreak);
+            if (limit !== null && nonFiniteStreak >= limit) throw await this.nonFiniteError(params, nonFiniteStreak);
             if (shouldSave) await save();
             if (stop || interrupted) break outer;
           }
@@ -395,7 +408,7 @@ export class Trainer {
     metrics.total_flos = state.total_flos;
     metrics.train_loss = trainLoss;
     await this.log(metrics);
-    if (args.save_total_limit !== null && rank === 0) rotate_checkpoints(args.output_dir, args.save_total_limit);
+    if (args.save_total_limit !== null && dist.is_main_process) rotate_checkpoints(args.output_dir, args.save_total_limit);
     await this.emit('on_train_end');
     return { global_step: state.global_step, training_loss: trainLoss, metrics: { ...metrics, epoch: state.epoch ?? 0 }, interrupted };
   }
@@ -416,12 +429,12 @@ export class Trainer {
     if (!eval_dataset) throw new PeftNodeError('ERR_INVALID_INPUT', 'Trainer.evaluate() needs an eval_dataset');
     const n = datasetLength(eval_dataset);
     const bs = this.args.per_device_eval_batch_size;
-    const pg = await this.processGroup();
-    const W = pg?.world_size ?? 1;
+    const dist = await this.distribution();
+    const W = dist.world_size;
     const start = performance.now();
     let sum = 0;
     let count = 0;
-    for (let i = (pg?.rank ?? 0) * bs; i < n; i += bs * W) {
+    for (let i = dist.rank * bs; i < n; i += bs * W) {
       const rows = [];
       for (let j = i; j < Math.min(n, i + bs); j++) rows.push(this.prepareRow(datasetRow(eval_dataset, j)));
       const batch = this.data_collator(rows);
@@ -429,7 +442,7 @@ export class Trainer {
       sum += (out.loss ?? NaN) * rows.length;
       count += rows.length;
     }
-    if (pg) [sum, count] = (await pg.all_gather([sum, count])).reduce(([s, c], [rs, rc]) => [s + rs, c + rc], [0, 0]);
+    [sum, count] = await dist.sum([sum, count]);
     const runtime = (performance.now() - start) / 1000;
     const metrics: LogEntry = {
       eval_loss: sum / count,
@@ -443,18 +456,18 @@ export class Trainer {
   }
 
   /** Whether every trainable parameter is finite (a NaN gradient step poisons them all). */
-  private async parametersFinite(encoder: PrefixEncoder): Promise<boolean> {
-    for (const [name] of encoder.parameter_shapes()) {
-      const data = (await encoder.get_parameter(name)).data as Float32Array;
+  private async parametersFinite(params: Parameter[]): Promise<boolean> {
+    for (const p of params) {
+      const data = (await p.data()).data as Float32Array;
       for (let i = 0; i < data.length; i++) if (!Number.isFinite(data[i])) return false;
     }
     return true;
   }
 
-  private async nonFiniteError(encoder: PrefixEncoder, streak: number): Promise<PeftNodeError> {
+  private async nonFiniteError(params: Parameter[], streak: number): Promise<PeftNodeError> {
     const gs = this.state.global_step;
     const last = latest_checkpoint(this.args.output_dir);
-    const finite = await this.parametersFinite(encoder);
+    const finite = await this.parametersFinite(params);
     return new PeftNodeError(
       'ERR_NONFINITE_LOSS',
       `training stopped at step ${gs}: the loss or the gradient norm was NaN/inf for ${streak} consecutive optimizer steps ` +
@@ -465,14 +478,14 @@ export class Trainer {
     );
   }
 
-  private async saveCheckpoint(encoder: PrefixEncoder, resume: ResumeState, pg?: ProcessGroup): Promise<void> {
+  private async saveCheckpoint(training: TrainingStateRefs, resume: ResumeState, dist: Distribution): Promise<void> {
     // Under DDP each rank's loss window is its own: rank 0 records them all, so each rank resumes exactly.
-    if (pg) {
-      const all = await pg.all_gather([resume.tr_loss, resume.current_flos]);
+    if (dist.world_size > 1) {
+      const all = await dist.gather([resume.tr_loss, resume.current_flos]);
       resume = { ...resume, ranks: all.map(([tr_loss, current_flos]) => ({ tr_loss, current_flos })) };
     }
-    const main = !pg || pg.rank === 0;
-    if (!(await this.parametersFinite(encoder))) {
+    const main = dist.is_main_process;
+    if (!(await this.parametersFinite(training.parameters.map(([, p]) => p)))) {
       // HF would save NaN weights; a checkpoint you cannot resume from would only push a good one out (rotation).
       if (main)
         process.emitWarning(
@@ -487,7 +500,7 @@ export class Trainer {
       dir = await save_checkpoint({
         output_dir: this.args.output_dir,
         model: this.model,
-        encoder,
+        training,
         state: this.state,
         args: this.args,
         resume,

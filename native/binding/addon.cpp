@@ -111,6 +111,11 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("Checkpoint", data->checkpoint_ctor.Value());
   data->process_group_ctor = Napi::Persistent(ProcessGroupWrap::Define(env));
   exports.Set("ProcessGroup", data->process_group_ctor.Value());
+  data->past_key_values_ctor = Napi::Persistent(PastKeyValuesWrap::Define(env));
+  exports.Set("PastKeyValues", data->past_key_values_ctor.Value());
+  data->adamw_ctor = Napi::Persistent(AdamWWrap::Define(env));
+  exports.Set("AdamW", data->adamw_ctor.Value());
+  exports.Set("clipGradNorm", Napi::Function::New(env, ClipGradNorm, "clipGradNorm"));
   exports.Set("manualSeed", Napi::Function::New(env, ManualSeed, "manualSeed"));
   exports.Set("setNumThreads", Napi::Function::New(env, SetNumThreads, "setNumThreads"));
   exports.Set("info", Napi::Function::New(env, Info, "info"));

@@ -70,7 +70,7 @@ Napi::Value BloomModelWrap::Load(const Napi::CallbackInfo& info) {
     std::string device_name = string_arg(info[1], "device");
     std::string dtype_name_ = string_arg(info[2], "dtype");
     auto state = std::make_shared<ModelState>();
-    return PromiseWorker::start_on(state->executor,
+    return PromiseWorker::start_on(state->thread,
         env, "peft_node.BloomModel.load",
         [=] {
           c10::Device device = parse_device(device_name);
@@ -102,16 +102,16 @@ Napi::Value BloomModelWrap::ParameterInfo(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value BloomModelWrap::NamesWithGrad(const Napi::CallbackInfo& info) {
-  return names_with_grad(info, state_, state_->executor, [](ModelState& s) -> const auto& { return live(s).named_parameters(); });
+  return names_with_grad(info, state_, state_->thread, [](ModelState& s) -> const auto& { return s.parameters(); });
 }
 
 Napi::Value BloomModelWrap::GetParameter(const Napi::CallbackInfo& info) {
-  return read_parameter(info, state_, state_->executor, "peft_node.BloomModel.getParameter", false,
+  return read_parameter(info, state_, state_->thread, "peft_node.BloomModel.getParameter", false,
                         [](ModelState& s, const std::string& n) { return find_param(live(s), n); });
 }
 
 Napi::Value BloomModelWrap::GetGrad(const Napi::CallbackInfo& info) {
-  return read_parameter(info, state_, state_->executor, "peft_node.BloomModel.getGrad", true,
+  return read_parameter(info, state_, state_->thread, "peft_node.BloomModel.getGrad", true,
                         [](ModelState& s, const std::string& n) { return find_param(live(s), n); });
 }
 
@@ -127,7 +127,7 @@ Napi::Value BloomModelWrap::SetParameter(const Napi::CallbackInfo& info) {
     if (!found) fail(codes::kInvalidInput, "no parameter named '" + name + "'");
     at::Tensor src = float_tensor(info[1], shape, ("value for '" + name + "'").c_str());
     auto state = state_;
-    return PromiseWorker::start_on(state_->executor,
+    return PromiseWorker::start_on(state_->thread,
         env, "peft_node.BloomModel.setParameter",
         [=] {
           std::lock_guard<std::mutex> lock(state->mu);
@@ -167,81 +167,56 @@ Napi::Value BloomModelWrap::Forward(const Napi::CallbackInfo& info) {
     const bool return_logits = opts.Has("returnLogits") ? opts.Get("returnLogits").ToBoolean().Value() : true;
     if (backward && !inputs.labels.defined())
       fail(codes::kInvalidInput, "backward needs labels (there is no loss to differentiate)");
-
-    // The prefix: a raw [P, 2·L·D] weight looked up like PEFT's embedding, or a native PrefixEncoder.
-    at::Tensor prefix_weight;
-    std::shared_ptr<EncoderState> encoder;
-    Napi::Value pv = opts.Get("prefix");
-    Napi::Value ev = opts.Get("encoder");
-    if (!pv.IsUndefined() && !ev.IsUndefined()) fail(codes::kInvalidInput, "pass either prefix or encoder, not both");
-    if (!pv.IsUndefined()) {
-      const int64_t P = int_arg(opts.Get("numVirtualTokens"), "numVirtualTokens");
-      if (disposed_) fail(codes::kDisposed, "this model was disposed");
-      const BloomConfig& c = config_;
-      if (P < 1) fail(codes::kInvalidInput, "numVirtualTokens must be >= 1");
-      prefix_weight = float_tensor(pv, {P, 2 * c.n_layer * c.hidden_size}, "prefix");
-    }
-    if (!ev.IsUndefined()) {
-      AddonData* data = env.GetInstanceData<AddonData>();
-      if (!ev.IsObject() || !ev.As<Napi::Object>().InstanceOf(data->encoder_ctor.Value()))
-        fail(codes::kInvalidInput, "encoder must be a native PrefixEncoder");
-      encoder = PrefixEncoderWrap::Unwrap(ev.As<Napi::Object>())->state();
-    }
+    std::shared_ptr<PastKeyValuesState> past = past_key_values_arg(env, opts.Get("pastKeyValues"), B, config_);
 
     struct Result {
       double loss = 0;
       bool has_loss = false;
-      at::Tensor logits, prefix_grad;
+      at::Tensor logits;
       bool f64 = false;
     };
     auto result = std::make_shared<Result>();
     auto state = state_;
-    return PromiseWorker::start_on(state_->executor,
+    return PromiseWorker::start_on(state_->thread,
         env, "peft_node.BloomModel.forward",
         [=] {
-          std::lock_guard<std::mutex> lock(state->mu);
-          std::unique_lock<std::mutex> enc_lock;
-          if (encoder) enc_lock = std::unique_lock<std::mutex>(encoder->mu);
+          // A backward through past_key_values writes the gradients of the module that made them: its lock too.
+          LockAll lock({&state->mu, past ? &past->mu : nullptr, past && past->owner ? &past->owner->mu : nullptr});
           BloomModel& m = live(state);
           c10::AutoGradMode grad_mode(backward);
-          const BloomConfig& c = m.config();
-          at::Tensor raw, leaf;
-          if (prefix_weight.defined()) {
-            const int64_t P = prefix_weight.size(0);
-            leaf = prefix_weight.to(m.device()).requires_grad_(backward);
-            auto i64 = at::TensorOptions().dtype(at::kLong).device(m.device());
-            raw = at::embedding(leaf, at::arange(P, i64).unsqueeze(0).expand({B, P}));
-          } else if (encoder) {
-            if (!encoder->encoder) fail(codes::kDisposed, "this prefix encoder was disposed");
-            const PrefixEncoderOptions& eo = encoder->encoder->options();
-            if (eo.num_layers != c.n_layer || eo.token_dim != c.hidden_size)
-              fail(codes::kShapeMismatch, "prefix encoder was built for num_layers=" + std::to_string(eo.num_layers) +
-                                              ", token_dim=" + std::to_string(eo.token_dim) + " but the model has n_layer=" +
-                                              std::to_string(c.n_layer) + ", hidden_size=" + std::to_string(c.hidden_size));
-            raw = encoder->encoder->forward(B);
+          at::Tensor prefix;
+          if (past) {
+            if (past->disposed) fail(codes::kDisposed, "these past_key_values were disposed");
+            if (backward && !past->values.requires_grad())
+              fail(codes::kInvalidInput, "backward needs past_key_values made for training (get_prompt with requires_grad): "
+                                         "nothing else in the model gets a gradient");
+            if (backward && past->backward_done)
+              fail(codes::kInvalidInput, "these past_key_values were already used for a backward, which freed their graph "
+                                         "(as torch does): get a new prompt for each training step");
+            prefix = past->values.size(0) == B ? past->values : past->values.expand({B, -1, -1});
           }
-          ForwardOutputs out = m.forward(inputs, raw, return_logits);
+          ForwardOutputs out = m.forward(inputs, prefix, return_logits);
           if (out.loss.defined() && loss_scale != 1.0) out.loss = out.loss * loss_scale;
           if (out.loss.defined()) {
             result->has_loss = true;
             result->loss = out.loss.item<double>();
           }
-          if (backward) out.loss.backward();
+          if (backward) {
+            out.loss.backward();
+            if (past) past->backward_done = true;
+          }
           if (out.logits.defined()) {
             result->f64 = out.logits.scalar_type() == at::kDouble;
             result->logits = out.logits.detach().to(at::kCPU, result->f64 ? at::kDouble : at::kFloat).contiguous();
           }
-          if (backward && leaf.defined() && leaf.grad().defined()) result->prefix_grad = leaf.grad().to(at::kCPU);
         },
-        [result, prefix_weight](Napi::Env env) -> Napi::Value {
+        [result](Napi::Env env) -> Napi::Value {
           Napi::Object o = Napi::Object::New(env);
           if (result->has_loss) o.Set("loss", result->loss);
           if (result->logits.defined()) {
             o.Set("logits", to_typed_array(env, result->logits, result->f64));
             o.Set("logitsDims", shape_array(env, result->logits.sizes()));
           }
-          if (result->prefix_grad.defined())
-            o.Set("prefixGrad", to_typed_array(env, result->prefix_grad, prefix_weight.scalar_type() == at::kDouble));
           return o;
         });
   });
@@ -250,7 +225,7 @@ Napi::Value BloomModelWrap::Forward(const Napi::CallbackInfo& info) {
 Napi::Value BloomModelWrap::Dispose(const Napi::CallbackInfo& info) {
   disposed_ = true;
   auto state = state_;
-  return PromiseWorker::start_on(state_->executor,
+  return PromiseWorker::start_on(state_->thread,
       info.Env(), "peft_node.BloomModel.dispose",
       [state] {
         std::lock_guard<std::mutex> lock(state->mu);  // waits for a running call to finish

@@ -18,11 +18,11 @@ namespace {
 
 class GenerateWorker : public Napi::AsyncProgressQueueWorker<int64_t> {
  public:
-  GenerateWorker(Napi::Env env, std::shared_ptr<ModelState> model, std::shared_ptr<EncoderState> encoder,
-                 at::Tensor ids, at::Tensor mask, at::Tensor prefix_weight, GenerateOptions opts, Napi::Function on_step)
+  GenerateWorker(Napi::Env env, std::shared_ptr<ModelState> model, std::shared_ptr<PastKeyValuesState> past,
+                 at::Tensor ids, at::Tensor mask, GenerateOptions opts, Napi::Function on_step)
       : Napi::AsyncProgressQueueWorker<int64_t>(env, "peft_node.BloomModel.generate"),
-        deferred_(Napi::Promise::Deferred::New(env)), model_(std::move(model)), encoder_(std::move(encoder)),
-        ids_(std::move(ids)), mask_(std::move(mask)), prefix_weight_(std::move(prefix_weight)), opts_(std::move(opts)) {
+        deferred_(Napi::Promise::Deferred::New(env)), model_(std::move(model)), past_(std::move(past)),
+        ids_(std::move(ids)), mask_(std::move(mask)), opts_(std::move(opts)) {
     if (!on_step.IsEmpty()) on_step_ = Napi::Persistent(on_step);
   }
 
@@ -35,7 +35,7 @@ class GenerateWorker : public Napi::AsyncProgressQueueWorker<int64_t> {
       apply_thread_setting();
       run(progress);
     };
-    if (!capture_errors([&] { model_->executor->run(body); }, code_, message)) SetError(message);
+    if (!capture_errors([&] { model_->thread->run(body); }, code_, message)) SetError(message);
   }
 
   void OnProgress(const int64_t* data, size_t count) override {
@@ -94,22 +94,16 @@ class GenerateWorker : public Napi::AsyncProgressQueueWorker<int64_t> {
 
  private:
   void run(const ExecutionProgress& progress) {
-    std::lock_guard<std::mutex> lock(model_->mu);
-    std::unique_lock<std::mutex> enc_lock;
-    if (encoder_) enc_lock = std::unique_lock<std::mutex>(encoder_->mu);
+    LockAll lock({&model_->mu, past_ ? &past_->mu : nullptr});
     if (!model_->model) fail(codes::kDisposed, "this model was disposed");
     const BloomModel& m = *model_->model;
     c10::NoGradGuard no_grad;
     const int64_t B = ids_.size(0);
-    at::Tensor raw;
-    if (prefix_weight_.defined()) {
-      raw = prefix_weight_.to(m.device()).unsqueeze(0).expand({B, -1, -1});
-    } else if (encoder_) {
-      if (!encoder_->encoder) fail(codes::kDisposed, "this prefix encoder was disposed");
-      const PrefixEncoderOptions& eo = encoder_->encoder->options();
-      if (eo.num_layers != m.config().n_layer || eo.token_dim != m.config().hidden_size)
-        fail(codes::kShapeMismatch, "prefix encoder does not match the model (num_layers / token_dim)");
-      raw = encoder_->encoder->forward(B);  // PEFT's get_prompt(B)
+    at::Tensor raw;  // the prefix as the initial KV cache (PEFT: get_prompt(B) as past_key_values)
+    if (past_) {
+      if (past_->disposed) fail(codes::kDisposed, "these past_key_values were disposed");
+      raw = past_->values.detach();
+      if (raw.size(0) != B) raw = raw.expand({B, -1, -1});
     }
     const bool streaming = !on_step_.IsEmpty();
     int64_t sent = 0;
@@ -127,8 +121,8 @@ class GenerateWorker : public Napi::AsyncProgressQueueWorker<int64_t> {
 
   Napi::Promise::Deferred deferred_;
   std::shared_ptr<ModelState> model_;
-  std::shared_ptr<EncoderState> encoder_;
-  at::Tensor ids_, mask_, prefix_weight_;
+  std::shared_ptr<PastKeyValuesState> past_;
+  at::Tensor ids_, mask_;
   GenerateOptions opts_;
   Napi::FunctionReference on_step_;
   Napi::ObjectReference streamer_error_;
@@ -174,21 +168,9 @@ Napi::Value BloomModelWrap::Generate(const Napi::CallbackInfo& info) {
       Napi::Array a = o.Get("eosTokenIds").As<Napi::Array>();
       for (uint32_t i = 0; i < a.Length(); ++i) g.eos_token_ids.push_back(int_arg(a.Get(i), "eos_token_id"));
     }
-    at::Tensor prefix_weight;
-    std::shared_ptr<EncoderState> encoder;
-    if (!o.Get("prefix").IsUndefined()) {
-      const int64_t P = int_arg(o.Get("numVirtualTokens"), "numVirtualTokens");
-      prefix_weight = float_tensor(o.Get("prefix"), {P, 2 * config_.n_layer * config_.hidden_size}, "prefix");
-    }
-    if (!o.Get("encoder").IsUndefined()) {
-      AddonData* data = env.GetInstanceData<AddonData>();
-      Napi::Value ev = o.Get("encoder");
-      if (!ev.IsObject() || !ev.As<Napi::Object>().InstanceOf(data->encoder_ctor.Value()))
-        fail(codes::kInvalidInput, "encoder must be a native PrefixEncoder");
-      encoder = PrefixEncoderWrap::Unwrap(ev.As<Napi::Object>())->state();
-    }
+    std::shared_ptr<PastKeyValuesState> past = past_key_values_arg(env, o.Get("pastKeyValues"), B, config_);
     Napi::Function on_step = o.Get("onStep").IsFunction() ? o.Get("onStep").As<Napi::Function>() : Napi::Function();
-    auto* w = new GenerateWorker(env, state_, encoder, ids, mask, prefix_weight, g, on_step);
+    auto* w = new GenerateWorker(env, state_, past, ids, mask, g, on_step);
     Napi::Promise p = w->promise();
     w->Queue();
     return p;

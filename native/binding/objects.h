@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "binding/executor.h"
+#include "binding/parameters.h"
 #include "core/adamw.h"
 #include "core/bloom.h"
 #include "core/prefix_encoder.h"
@@ -16,16 +17,42 @@
 
 namespace peft_node::binding {
 
-struct ModelState {
+// A native object that owns parameters (a model, an adapter's encoder). Its mutex guards them; calls on it run one
+// after another. Work on parameters of several modules (an optimizer step, a gradient all-reduce, a forward whose
+// past_key_values come from an encoder) takes every module's lock through lock_all (parameters.h).
+struct ModuleState {
+  virtual ~ModuleState() = default;
   std::mutex mu;
-  std::unique_ptr<BloomModel> model;
-  std::shared_ptr<Executor> executor = next_executor();  // the thread of this model's work
+  // The named parameters; ERR_DISPOSED once freed. Call with `mu` held.
+  virtual const std::vector<std::pair<std::string, at::Tensor>>& parameters() = 0;
+  // The thread its work runs on (null: libuv's pool).
+  virtual std::shared_ptr<Executor> executor() const { return nullptr; }
 };
 
-struct EncoderState {
-  std::mutex mu;
+struct ModelState : ModuleState {
+  std::unique_ptr<BloomModel> model;
+  std::shared_ptr<Executor> thread = next_executor();  // the thread of this model's work
+  const std::vector<std::pair<std::string, at::Tensor>>& parameters() override;
+  std::shared_ptr<Executor> executor() const override { return thread; }
+};
+
+struct EncoderState : ModuleState {
   std::unique_ptr<PrefixEncoder> encoder;
-  AdamW optimizer;  // state for the encoder's parameters, in their order
+  std::shared_ptr<Executor> thread = next_executor();  // its model's thread when made for one
+  const std::vector<std::pair<std::string, at::Tensor>>& parameters() override;
+  std::shared_ptr<Executor> executor() const override { return thread; }
+};
+
+// past_key_values: the [B, P, 2·L·D] key/value prefix of every layer in PEFT's flat layout, as an adapter computed it
+// (its autograd graph leads back to `owner`'s parameters, whose lock a backward through it takes) or made from a raw
+// prefix (`leaf`, whose gradient the caller reads back).
+struct PastKeyValuesState {
+  std::mutex mu;
+  at::Tensor values;                    // [B, P, 2·L·D]
+  at::Tensor leaf;                      // the raw prefix it was made from, or undefined
+  std::shared_ptr<ModuleState> owner;   // the module whose parameters produced it, or null
+  bool backward_done = false;           // a backward went through it: its graph is freed
+  bool disposed = false;
 };
 
 // Per-environment data: the constructors, to create instances from workers and to check `instanceof`.
@@ -44,12 +71,15 @@ struct AddonData {
   Napi::FunctionReference encoder_ctor;
   Napi::FunctionReference checkpoint_ctor;
   Napi::FunctionReference process_group_ctor;
+  Napi::FunctionReference past_key_values_ctor;
+  Napi::FunctionReference adamw_ctor;
 };
 
 class BloomModelWrap : public Napi::ObjectWrap<BloomModelWrap> {
  public:
   static Napi::Function Define(Napi::Env env);
   explicit BloomModelWrap(const Napi::CallbackInfo& info);
+  const std::shared_ptr<ModelState>& state() const { return state_; }
 
  private:
   static Napi::Value Load(const Napi::CallbackInfo& info);  // (dir, device, dtype) -> Promise<BloomModel>
@@ -86,11 +116,9 @@ class PrefixEncoderWrap : public Napi::ObjectWrap<PrefixEncoderWrap> {
   Napi::Value SetParameter(const Napi::CallbackInfo& info);
   Napi::Value ZeroGrad(const Napi::CallbackInfo& info);
   Napi::Value PromptEmbeddings(const Napi::CallbackInfo& info);
+  Napi::Value GetPrompt(const Napi::CallbackInfo& info);  // (batch, requiresGrad) -> Promise<PastKeyValues>
   Napi::Value Dispose(const Napi::CallbackInfo& info);
   Napi::Value NamesWithGrad(const Napi::CallbackInfo& info);
-  Napi::Value OptimizerStep(const Napi::CallbackInfo& info);
-  Napi::Value GetOptimizerState(const Napi::CallbackInfo& info);
-  Napi::Value SetOptimizerState(const Napi::CallbackInfo& info);
 
   std::shared_ptr<EncoderState> state_;
   std::vector<ParamMeta> meta_;
@@ -113,11 +141,11 @@ class ProcessGroupWrap : public Napi::ObjectWrap<ProcessGroupWrap> {
   static Napi::Value Create(const Napi::CallbackInfo& info);  // (options) -> Promise<ProcessGroup>
   Napi::Value Rank(const Napi::CallbackInfo& info);
   Napi::Value WorldSize(const Napi::CallbackInfo& info);
-  // (PrefixEncoder, counters?: Float64Array) -> Promise<Float64Array>: the counters summed over ranks
+  // (parameters: [module, name][], counters?: Float64Array) -> Promise<Float64Array>: the counters summed over ranks
   Napi::Value AverageGradients(const Napi::CallbackInfo& info);
-  Napi::Value BroadcastParameters(const Napi::CallbackInfo& info);  // (PrefixEncoder) -> Promise<Float64Array (empty)>
-  using EncoderOp = std::vector<double> (*)(ProcessGroup&, const std::vector<at::Tensor>&, const std::vector<double>&);
-  Napi::Value WithEncoder(const Napi::CallbackInfo& info, const char* what, EncoderOp op);
+  Napi::Value BroadcastParameters(const Napi::CallbackInfo& info);  // (parameters) -> Promise<Float64Array (empty)>
+  using ParamsOp = std::vector<double> (*)(ProcessGroup&, const std::vector<at::Tensor>&, const std::vector<double>&);
+  Napi::Value WithParameters(const Napi::CallbackInfo& info, const char* what, ParamsOp op);
   Napi::Value AllGather(const Napi::CallbackInfo& info);         // (Float64Array) -> Promise<Float64Array>
   Napi::Value AllGatherString(const Napi::CallbackInfo& info);   // (string) -> Promise<string[]>
   Napi::Value Barrier(const Napi::CallbackInfo& info);
@@ -127,5 +155,61 @@ class ProcessGroupWrap : public Napi::ObjectWrap<ProcessGroupWrap> {
   int rank_ = 0, world_size_ = 1;
   bool disposed_ = false;
 };
+
+// JS class PastKeyValues: see PastKeyValuesState. Made by PrefixEncoder.getPrompt or PastKeyValues.fromPrefix; taken
+// by BloomModel.forward / generate.
+class PastKeyValuesWrap : public Napi::ObjectWrap<PastKeyValuesWrap> {
+ public:
+  static Napi::Function Define(Napi::Env env);
+  explicit PastKeyValuesWrap(const Napi::CallbackInfo& info);
+  const std::shared_ptr<PastKeyValuesState>& state() const { return state_; }
+  const std::vector<int64_t>& dims() const { return dims_; }
+  static Napi::Value New(Napi::Env env, std::shared_ptr<PastKeyValuesState> state);
+
+ private:
+  // (prefix: Float32Array | Float64Array, numVirtualTokens, batch, requiresGrad, perRow) -> PastKeyValues: PEFT's
+  // lookup of one raw [P, 2·L·D] prefix for every row, or with perRow each row's own [B, P, 2·L·D] (synchronous: a
+  // copy of the values).
+  static Napi::Value FromPrefix(const Napi::CallbackInfo& info);
+  Napi::Value Dims(const Napi::CallbackInfo& info);  // [B, P, 2·L·D]
+  Napi::Value Grad(const Napi::CallbackInfo& info);  // -> Promise<Float32Array | Float64Array | null>: the raw prefix's
+  Napi::Value Dispose(const Napi::CallbackInfo& info);
+
+  std::shared_ptr<PastKeyValuesState> state_;
+  std::vector<int64_t> dims_;
+};
+
+struct AdamWState {
+  std::mutex mu;
+  AdamW optimizer;
+  std::vector<ParamRef> params;
+  AdamWHyper hyper;  // betas, eps and per-parameter weight decay; lr comes with each step
+};
+
+// JS class AdamW: torch.optim.AdamW (single-tensor path) over a parameter list of any modules.
+class AdamWWrap : public Napi::ObjectWrap<AdamWWrap> {
+ public:
+  static Napi::Function Define(Napi::Env env);
+  explicit AdamWWrap(const Napi::CallbackInfo& info);
+
+ private:
+  // (parameters: [module, name][], { beta1, beta2, eps, weightDecay: number[] }) -> AdamW
+  static Napi::Value Create(const Napi::CallbackInfo& info);
+  Napi::Value Step(const Napi::CallbackInfo& info);      // (lr) -> Promise<void>
+  Napi::Value ZeroGrad(const Napi::CallbackInfo& info);  // -> Promise<void> (set_to_none)
+  Napi::Value GetState(const Napi::CallbackInfo& info);
+  Napi::Value SetState(const Napi::CallbackInfo& info);
+
+  std::shared_ptr<AdamWState> state_;
+  std::vector<std::vector<int64_t>> shapes_;
+};
+
+// (parameters: [module, name][], maxNorm) -> Promise<number>: torch.nn.utils.clip_grad_norm_ (the pre-clip norm).
+Napi::Value ClipGradNorm(const Napi::CallbackInfo& info);
+
+// The pastKeyValues option of forward / generate: null when undefined; else a PastKeyValues object whose rows fit a
+// batch of `batch` rows (B rows, or 1 to broadcast) of a model with `config` (ERR_SHAPE_MISMATCH otherwise).
+std::shared_ptr<PastKeyValuesState> past_key_values_arg(Napi::Env env, const Napi::Value& v, int64_t batch,
+                                                        const BloomConfig& config);
 
 }  // namespace peft_node::binding

@@ -1,5 +1,6 @@
 // JS class PrefixEncoder: the trainable store of a PEFT prefix (embedding, optional MLP). Its parameters live in
-// native memory; JS reads and writes them through Promise-returning calls.
+// native memory; JS reads and writes them through Promise-returning calls, and get_prompt hands its output to the
+// base model as past_key_values. Optimizers and process groups reach its parameters through parameter lists.
 #include <ATen/ATen.h>
 #include <c10/core/GradMode.h>
 
@@ -35,9 +36,7 @@ Napi::Function PrefixEncoderWrap::Define(Napi::Env env) {
                       InstanceMethod<&PrefixEncoderWrap::SetParameter>("setParameter"),
                       InstanceMethod<&PrefixEncoderWrap::ZeroGrad>("zeroGrad"),
                       InstanceMethod<&PrefixEncoderWrap::PromptEmbeddings>("promptEmbeddings"),
-                      InstanceMethod<&PrefixEncoderWrap::OptimizerStep>("optimizerStep"),
-                      InstanceMethod<&PrefixEncoderWrap::GetOptimizerState>("getOptimizerState"),
-                      InstanceMethod<&PrefixEncoderWrap::SetOptimizerState>("setOptimizerState"),
+                      InstanceMethod<&PrefixEncoderWrap::GetPrompt>("getPrompt"),
                       InstanceMethod<&PrefixEncoderWrap::Dispose>("dispose"),
                       InstanceMethod<&PrefixEncoderWrap::NamesWithGrad>("namesWithGrad")});
 }
@@ -67,7 +66,11 @@ Napi::Value PrefixEncoderWrap::Create(const Napi::CallbackInfo& info) {
     eo.zero_init = opt_bool(o, "zeroInit");
     std::string device_name = o.Get("device").IsUndefined() ? "cpu" : string_arg(o.Get("device"), "device");
     auto state = std::make_shared<EncoderState>();
-    return PromiseWorker::start(
+    // The thread of the model it is made for (its prompt's work and its optimizer's then share that thread's memory),
+    // else one of the pool's.
+    std::shared_ptr<ModuleState> model = module_state_of(env, o.Get("model"));
+    if (model && model->executor()) state->thread = model->executor();
+    return PromiseWorker::start_on(state->thread,
         env, "peft_node.PrefixEncoder.create",
         [=] {
           c10::Device device = parse_device(device_name);
@@ -104,16 +107,16 @@ Napi::Value PrefixEncoderWrap::ParameterInfo(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value PrefixEncoderWrap::NamesWithGrad(const Napi::CallbackInfo& info) {
-  return names_with_grad(info, state_, nullptr, [](EncoderState& s) -> const auto& { return live(s).named_parameters(); });
+  return names_with_grad(info, state_, state_->thread, [](EncoderState& s) -> const auto& { return s.parameters(); });
 }
 
 Napi::Value PrefixEncoderWrap::GetParameter(const Napi::CallbackInfo& info) {
-  return read_parameter(info, state_, nullptr, "peft_node.PrefixEncoder.getParameter", false,
+  return read_parameter(info, state_, state_->thread, "peft_node.PrefixEncoder.getParameter", false,
                         [](EncoderState& s, const std::string& n) { return live(s).parameter(n); });
 }
 
 Napi::Value PrefixEncoderWrap::GetGrad(const Napi::CallbackInfo& info) {
-  return read_parameter(info, state_, nullptr, "peft_node.PrefixEncoder.getGrad", true,
+  return read_parameter(info, state_, state_->thread, "peft_node.PrefixEncoder.getGrad", true,
                         [](EncoderState& s, const std::string& n) { return live(s).parameter(n); });
 }
 
@@ -129,7 +132,7 @@ Napi::Value PrefixEncoderWrap::SetParameter(const Napi::CallbackInfo& info) {
     if (!found) fail(codes::kInvalidInput, "no parameter named '" + name + "'");
     at::Tensor src = float_tensor(info[1], shape, ("value for '" + name + "'").c_str());
     auto state = state_;
-    return PromiseWorker::start(
+    return PromiseWorker::start_on(state_->thread,
         env, "peft_node.PrefixEncoder.setParameter",
         [=] {
           std::lock_guard<std::mutex> lock(state->mu);
@@ -142,7 +145,7 @@ Napi::Value PrefixEncoderWrap::SetParameter(const Napi::CallbackInfo& info) {
 
 Napi::Value PrefixEncoderWrap::ZeroGrad(const Napi::CallbackInfo& info) {
   auto state = state_;
-  return PromiseWorker::start(
+  return PromiseWorker::start_on(state_->thread,
       info.Env(), "peft_node.PrefixEncoder.zeroGrad",
       [state] {
         std::lock_guard<std::mutex> lock(state->mu);
@@ -154,7 +157,7 @@ Napi::Value PrefixEncoderWrap::ZeroGrad(const Napi::CallbackInfo& info) {
 Napi::Value PrefixEncoderWrap::PromptEmbeddings(const Napi::CallbackInfo& info) {
   auto state = state_;
   auto result = std::make_shared<at::Tensor>();
-  return PromiseWorker::start(
+  return PromiseWorker::start_on(state_->thread,
       info.Env(), "peft_node.PrefixEncoder.promptEmbeddings",
       [state, result] {
         std::lock_guard<std::mutex> lock(state->mu);
@@ -166,7 +169,7 @@ Napi::Value PrefixEncoderWrap::PromptEmbeddings(const Napi::CallbackInfo& info) 
 Napi::Value PrefixEncoderWrap::Dispose(const Napi::CallbackInfo& info) {
   disposed_ = true;
   auto state = state_;
-  return PromiseWorker::start(
+  return PromiseWorker::start_on(state_->thread,
       info.Env(), "peft_node.PrefixEncoder.dispose",
       [state] {
         std::lock_guard<std::mutex> lock(state->mu);
@@ -175,116 +178,26 @@ Napi::Value PrefixEncoderWrap::Dispose(const Napi::CallbackInfo& info) {
       nullptr);
 }
 
-// One optimizer update, as HF Trainer does it after the last micro-batch of a window: clip_grad_norm_ (when
-// maxGradNorm > 0), AdamW, then zero_grad (set to none). Resolves with the pre-clip gradient norm.
-Napi::Value PrefixEncoderWrap::OptimizerStep(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  return guarded(env, [&]() -> Napi::Value {
-    if (!info[0].IsObject()) fail(codes::kInvalidInput, "optimizerStep() needs an options object");
-    Napi::Object o = info[0].As<Napi::Object>();
-    auto num = [&](const char* key) {
-      Napi::Value v = o.Get(key);
-      if (!v.IsNumber()) fail(codes::kInvalidInput, std::string(key) + " must be a number");
-      return v.As<Napi::Number>().DoubleValue();
-    };
-    AdamWHyper h;
-    h.lr = num("lr");
-    h.beta1 = num("beta1");
-    h.beta2 = num("beta2");
-    h.eps = num("eps");
-    const double max_grad_norm = num("maxGradNorm");
-    Napi::Value wd = o.Get("weightDecay");
-    if (!wd.IsArray()) fail(codes::kInvalidInput, "weightDecay must be an array (one value per parameter)");
-    Napi::Array wda = wd.As<Napi::Array>();
-    for (uint32_t i = 0; i < wda.Length(); ++i) h.weight_decay.push_back(wda.Get(i).As<Napi::Number>().DoubleValue());
-    auto state = state_;
-    auto norm = std::make_shared<double>(0);
-    return PromiseWorker::start(
-        env, "peft_node.PrefixEncoder.optimizerStep",
-        [=] {
-          std::lock_guard<std::mutex> lock(state->mu);
-          PrefixEncoder& enc = live(state);
-          std::vector<at::Tensor> params;
-          for (const auto& [n, t] : enc.named_parameters()) params.push_back(t);
-          *norm = clip_grad_norm(params, max_grad_norm);
-          state->optimizer.step(params, h);
-          enc.zero_grad();
-        },
-        [norm](Napi::Env env) -> Napi::Value { return Napi::Number::New(env, *norm); });
-  });
-}
-
-// { step: number[], exp_avg: Float32Array[], exp_avg_sq: Float32Array[] } in parameter order (empty before the
-// first step) — what a checkpoint needs to resume exactly.
-Napi::Value PrefixEncoderWrap::GetOptimizerState(const Napi::CallbackInfo& info) {
-  auto state = state_;
-  auto copy = std::make_shared<std::vector<AdamWParamState>>();
-  return PromiseWorker::start(
-      info.Env(), "peft_node.PrefixEncoder.getOptimizerState",
-      [state, copy] {
-        std::lock_guard<std::mutex> lock(state->mu);
-        live(state);
-        for (const AdamWParamState& s : state->optimizer.state())
-          copy->push_back({s.exp_avg.defined() ? s.exp_avg.to(at::kCPU).contiguous() : at::Tensor(),
-                           s.exp_avg_sq.defined() ? s.exp_avg_sq.to(at::kCPU).contiguous() : at::Tensor(), s.step});
-      },
-      [copy](Napi::Env env) -> Napi::Value {
-        Napi::Object o = Napi::Object::New(env);
-        Napi::Array steps = Napi::Array::New(env), m = Napi::Array::New(env), v = Napi::Array::New(env);
-        for (uint32_t i = 0; i < copy->size(); ++i) {
-          const AdamWParamState& s = (*copy)[i];
-          steps.Set(i, s.step);
-          m.Set(i, s.exp_avg.defined() ? to_typed_array(env, s.exp_avg) : env.Null());
-          v.Set(i, s.exp_avg_sq.defined() ? to_typed_array(env, s.exp_avg_sq) : env.Null());
-        }
-        o.Set("step", steps);
-        o.Set("exp_avg", m);
-        o.Set("exp_avg_sq", v);
-        return o;
-      });
-}
-
-Napi::Value PrefixEncoderWrap::SetOptimizerState(const Napi::CallbackInfo& info) {
+// PEFT's get_prompt(batch_size): the adapter's past_key_values for `batch` rows. With requiresGrad the result keeps
+// its autograd graph to the encoder's parameters, so a backward through the model that takes it reaches them.
+Napi::Value PrefixEncoderWrap::GetPrompt(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guarded(env, [&]() -> Napi::Value {
     if (disposed_) fail(codes::kDisposed, "this prefix encoder was disposed");
-    if (!info[0].IsObject()) fail(codes::kInvalidInput, "setOptimizerState() needs a state object");
-    Napi::Object o = info[0].As<Napi::Object>();
-    Napi::Value sv = o.Get("step"), mv = o.Get("exp_avg"), vv = o.Get("exp_avg_sq");
-    if (!sv.IsArray() || !mv.IsArray() || !vv.IsArray())
-      fail(codes::kInvalidInput, "optimizer state needs arrays step, exp_avg, exp_avg_sq");
-    Napi::Array steps = sv.As<Napi::Array>(), m = mv.As<Napi::Array>(), v = vv.As<Napi::Array>();
-    const uint32_t n = steps.Length();
-    if (n != 0 && (n != meta_.size() || m.Length() != n || v.Length() != n))
-      fail(codes::kShapeMismatch, "optimizer state has " + std::to_string(n) + " entries, the encoder has " +
-                                      std::to_string(meta_.size()) + " parameters");
-    auto loaded = std::make_shared<std::vector<AdamWParamState>>();
-    for (uint32_t i = 0; i < n; ++i) {
-      AdamWParamState s;
-      s.step = steps.Get(i).As<Napi::Number>().DoubleValue();
-      if (!m.Get(i).IsNull()) {
-        s.exp_avg = float_tensor(m.Get(i), meta_[i].shape, "exp_avg").to(at::kFloat);
-        s.exp_avg_sq = float_tensor(v.Get(i), meta_[i].shape, "exp_avg_sq").to(at::kFloat);
-      }
-      loaded->push_back(std::move(s));
-    }
+    const int64_t batch = int_arg(info[0], "batch");
+    if (batch < 1) fail(codes::kInvalidInput, "get_prompt needs a batch size >= 1");
+    const bool requires_grad = info[1].ToBoolean().Value();
     auto state = state_;
-    return PromiseWorker::start(
-        env, "peft_node.PrefixEncoder.setOptimizerState",
-        [state, loaded] {
+    auto past = std::make_shared<PastKeyValuesState>();
+    return PromiseWorker::start_on(state_->thread,
+        env, "peft_node.PrefixEncoder.getPrompt",
+        [state, past, batch, requires_grad] {
           std::lock_guard<std::mutex> lock(state->mu);
-          PrefixEncoder& enc = live(state);
-          auto params = enc.named_parameters();
-          for (size_t i = 0; i < loaded->size(); ++i) {
-            AdamWParamState& s = (*loaded)[i];
-            if (s.exp_avg.defined()) {
-              s.exp_avg = s.exp_avg.to(params[i].second.device());
-              s.exp_avg_sq = s.exp_avg_sq.to(params[i].second.device());
-            }
-          }
-          state->optimizer.state() = std::move(*loaded);
+          c10::AutoGradMode grad_mode(requires_grad);
+          past->values = live(state).forward(batch);
+          if (requires_grad) past->owner = state;
         },
-        nullptr);
+        [past](Napi::Env env) -> Napi::Value { return PastKeyValuesWrap::New(env, past); });
   });
 }
 

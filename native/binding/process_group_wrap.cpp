@@ -74,15 +74,12 @@ Napi::Value ProcessGroupWrap::WorldSize(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), world_size_);
 }
 
-// Runs `op` on the encoder's parameters, holding the group's lock, then the encoder's.
-Napi::Value ProcessGroupWrap::WithEncoder(const Napi::CallbackInfo& info, const char* what, EncoderOp op) {
+// Runs `op` on a parameter list, holding the group's lock, then the lock of every module the parameters belong to.
+Napi::Value ProcessGroupWrap::WithParameters(const Napi::CallbackInfo& info, const char* what, ParamsOp op) {
   Napi::Env env = info.Env();
   return guarded(env, [&]() -> Napi::Value {
     if (disposed_) fail(codes::kDisposed, "this process group was disposed");
-    auto* data = env.GetInstanceData<AddonData>();
-    if (!info[0].IsObject() || !info[0].As<Napi::Object>().InstanceOf(data->encoder_ctor.Value()))
-      fail(codes::kInvalidInput, std::string(what) + "() needs a PrefixEncoder");
-    std::shared_ptr<EncoderState> encoder = PrefixEncoderWrap::Unwrap(info[0].As<Napi::Object>())->state();
+    std::vector<ParamRef> refs = param_refs_arg(env, info[0], (std::string(what) + "() parameters").c_str());
     auto values = std::make_shared<std::vector<double>>();
     if (info.Length() > 1 && !info[1].IsUndefined()) {
       if (!info[1].IsTypedArray() || info[1].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array)
@@ -93,13 +90,10 @@ Napi::Value ProcessGroupWrap::WithEncoder(const Napi::CallbackInfo& info, const 
     auto state = state_;
     return PromiseWorker::start(
         env, what,
-        [state, encoder, op, values] {
+        [state, refs, op, values] {
           std::lock_guard<std::mutex> lock(state->mu);
-          std::lock_guard<std::mutex> enc_lock(encoder->mu);
-          if (!encoder->encoder) fail(codes::kDisposed, "this prefix encoder was disposed");
-          std::vector<at::Tensor> params;
-          for (const auto& [n, t] : encoder->encoder->named_parameters()) params.push_back(t);
-          *values = op(live(*state), params, *values);
+          LockAll params_lock(mutexes_of(refs));
+          *values = op(live(*state), resolve(refs), *values);
         },
         [values](Napi::Env env) -> Napi::Value {
           Napi::Float64Array out = Napi::Float64Array::New(env, values->size());
@@ -110,18 +104,18 @@ Napi::Value ProcessGroupWrap::WithEncoder(const Napi::CallbackInfo& info, const 
 }
 
 Napi::Value ProcessGroupWrap::AverageGradients(const Napi::CallbackInfo& info) {
-  return WithEncoder(info, "averageGradients",
-                     [](ProcessGroup& g, const std::vector<at::Tensor>& p, const std::vector<double>& c) {
-                       return g.average_gradients(p, c);
-                     });
+  return WithParameters(info, "averageGradients",
+                        [](ProcessGroup& g, const std::vector<at::Tensor>& p, const std::vector<double>& c) {
+                          return g.average_gradients(p, c);
+                        });
 }
 
 Napi::Value ProcessGroupWrap::BroadcastParameters(const Napi::CallbackInfo& info) {
-  return WithEncoder(info, "broadcastParameters",
-                     [](ProcessGroup& g, const std::vector<at::Tensor>& p, const std::vector<double>&) {
-                       g.broadcast_parameters(p);
-                       return std::vector<double>{};
-                     });
+  return WithParameters(info, "broadcastParameters",
+                        [](ProcessGroup& g, const std::vector<at::Tensor>& p, const std::vector<double>&) {
+                          g.broadcast_parameters(p);
+                          return std::vector<double>{};
+                        });
 }
 
 Napi::Value ProcessGroupWrap::AllGather(const Napi::CallbackInfo& info) {

@@ -74,19 +74,25 @@ PrefixEncoder::PrefixEncoder(const PrefixEncoderOptions& opts, c10::Device devic
   }
 }
 
+at::Tensor prefix_rows(const at::Tensor& weight, int64_t batch) {
+  const int64_t P = weight.size(0);
+  if (!exact_mode()) return weight.unsqueeze(0).expand({batch, P, weight.size(1)});
+  auto i64 = at::TensorOptions().dtype(at::kLong).device(weight.device());
+  return at::embedding(weight, at::arange(P, i64).unsqueeze(0).expand({batch, P}));
+}
+
 at::Tensor PrefixEncoder::forward(int64_t batch) const {
   const int64_t P = opts_.num_virtual_tokens;
   if (opts_.inference_mode) return embedding_.repeat({batch, 1, 1});
+  if (!w1_.defined()) return prefix_rows(embedding_, batch);
   auto i64 = at::TensorOptions().dtype(at::kLong).device(embedding_.device());
   if (!exact_mode()) {
     // Every row gets the same prefix: compute it once and broadcast (PEFT runs the encoder per row).
     at::Tensor e = at::embedding(embedding_, at::arange(P, i64).unsqueeze(0));
-    if (w1_.defined()) e = at::linear(at::tanh(at::linear(e, w1_, b1_)), w2_, b2_);
+    e = at::linear(at::tanh(at::linear(e, w1_, b1_)), w2_, b2_);
     return e.expand({batch, P, e.size(2)});
   }
-  at::Tensor tokens = at::arange(P, i64).unsqueeze(0).expand({batch, P});
-  at::Tensor e = at::embedding(embedding_, tokens);
-  if (!w1_.defined()) return e;
+  at::Tensor e = at::embedding(embedding_, at::arange(P, i64).unsqueeze(0).expand({batch, P}));
   return at::linear(at::tanh(at::linear(e, w1_, b1_)), w2_, b2_);
 }
 

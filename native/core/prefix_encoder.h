@@ -48,6 +48,11 @@ class PrefixEncoder {
   std::vector<std::pair<std::string, at::Tensor>> params_;
 };
 
+// PEFT's get_prompt for a plain prefix embedding: `weight` [P, W] looked up at arange(P) for each of `batch` rows
+// ([batch, P, W], differentiable). Exact mode does PEFT's embedding lookup per row (so the gradient is summed over
+// rows as embedding's backward sums it); fast mode broadcasts the weight.
+at::Tensor prefix_rows(const at::Tensor& weight, int64_t batch);
+
 // Seeds torch's default CPU generator (torch.manual_seed on CPU).
 void manual_seed(uint64_t seed);
 

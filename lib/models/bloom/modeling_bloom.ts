@@ -1,11 +1,13 @@
 /**
  * BloomForCausalLM: transformers' BLOOM causal LM, computed by the native addon (native/core/bloom.cpp). The base
- * weights are frozen; a prefix (PEFT prefix tuning's past_key_values) can be passed to `forward` and differentiated.
+ * weights are frozen. Like transformers' model it takes `past_key_values` (what a PEFT prefix adapter computes, see
+ * PeftModel.get_prompt) and knows nothing of adapters; a backward through them reaches whoever made them.
  */
 import '../../runtime/dispose_polyfill';
+import { PastKeyValues } from '../../cache_utils';
 import { PeftNodeError, nativeCall, repr } from '../../errors';
-import { PrefixEncoder } from '../../peft/prefix_encoder';
 import { NativeBloomModel, NativeForwardInputs, native } from '../../runtime/native';
+import { Parameter } from '../../nn/parameter';
 import { check_allocation, dtype_bytes } from '../../runtime/memory';
 import { SerialQueue } from '../../runtime/serial_queue';
 import { IntMatrixLike, Tensor, isFloatArray, toIntMatrix, typedArrayKind } from '../../tensor';
@@ -26,15 +28,15 @@ export interface CausalLMInputs {
 }
 
 export interface ForwardOptions {
-  /** Accumulate d(loss)/d(prefix) — like `loss.backward()`. Needs labels. */
+  /** Accumulate d(loss)/d(whatever made past_key_values) — like `loss.backward()`. Needs labels. */
   backward?: boolean;
+  /** Every layer's key/value prefix (transformers' past_key_values), e.g. from a PEFT model's get_prompt(batch). */
+  past_key_values?: PastKeyValues;
   /**
    * A raw prefix [num_virtual_tokens, 2·n_layer·hidden_size] in PEFT's layout, looked up for every row like PEFT's
-   * prefix embedding; its gradient comes back as `prefix_grad`.
+   * prefix embedding (PastKeyValues.from_prefix); its gradient comes back as `prefix_grad`.
    */
   prefix?: Tensor | Float32Array | Float64Array;
-  /** A PrefixEncoder whose parameters receive the gradients (the PEFT-model path). */
-  encoder?: PrefixEncoder;
   /** Return logits (default true). Training loops set false to skip copying [B, T, V] floats. */
   return_logits?: boolean;
   /**
@@ -50,29 +52,6 @@ export interface CausalLMOutput {
   logits?: Tensor;
   /** Gradient of the loss w.r.t. `options.prefix`, same shape and dtype. */
   prefix_grad?: Tensor;
-}
-
-/** A named tensor of a model. Reading its values touches native memory, hence the Promises. */
-export class Parameter {
-  constructor(
-    readonly name: string,
-    readonly shape: number[],
-    readonly requires_grad: boolean,
-    private readonly read: () => Promise<Tensor>,
-    private readonly readGrad: () => Promise<Tensor | null>,
-  ) {}
-
-  get numel(): number {
-    return this.shape.reduce((a, b) => a * b, 1);
-  }
-
-  data(): Promise<Tensor> {
-    return this.read();
-  }
-
-  grad(): Promise<Tensor | null> {
-    return this.readGrad();
-  }
 }
 
 export class BloomForCausalLM implements AsyncDisposable {
@@ -108,6 +87,12 @@ export class BloomForCausalLM implements AsyncDisposable {
 
   private check(): void {
     if (this.disposed) throw new PeftNodeError('ERR_DISPOSED', 'this model was disposed');
+  }
+
+  /** @internal the native model (for objects that share its thread) */
+  native_module(): NativeBloomModel {
+    this.check();
+    return this.handle;
   }
 
   /** "cpu", "cuda:0", ... */
@@ -164,26 +149,12 @@ export class BloomForCausalLM implements AsyncDisposable {
       throw new PeftNodeError('ERR_INVALID_INPUT', `loss_scale must be a finite number > 0, got ${repr(options.loss_scale)}`);
     if (options.backward && inputs.labels === undefined)
       throw new PeftNodeError('ERR_INVALID_INPUT', 'backward needs labels (there is no loss to differentiate)');
-    if (options.backward && options.prefix === undefined && options.encoder === undefined)
-      throw new PeftNodeError('ERR_INVALID_INPUT', "backward needs a prefix or a PEFT model: the base model's weights are frozen (nothing would get a gradient)");
-
-    let prefix: Float32Array | Float64Array | undefined;
-    let prefixDims: number[] | undefined;
-    if (options.prefix !== undefined) {
-      const width = 2 * this.config.n_layer * this.config.hidden_size;
-      const p = options.prefix;
-      const data = p instanceof Tensor ? p.data : p;
-      if (!isFloatArray(data))
-        throw new PeftNodeError('ERR_INVALID_INPUT', 'prefix must be float32 or float64');
-      if (data.length === 0 || data.length % width !== 0 || (p instanceof Tensor && (p.dims.length !== 2 || p.dims[1] !== width)))
-        throw new PeftNodeError(
-          'ERR_SHAPE_MISMATCH',
-          `prefix must have shape [num_virtual_tokens, ${width}] (2 · n_layer · hidden_size), got ` +
-            (p instanceof Tensor ? `[${p.dims}]` : `${data.length} values`),
-        );
-      prefix = data;
-      prefixDims = [data.length / width, width];
-    }
+    if (options.backward && options.prefix === undefined && options.past_key_values === undefined)
+      throw new PeftNodeError('ERR_INVALID_INPUT', "backward needs past_key_values or a prefix (a PEFT model passes its adapter's): the base model's weights are frozen (nothing would get a gradient)");
+    if (options.prefix !== undefined && options.past_key_values !== undefined)
+      throw new PeftNodeError('ERR_INVALID_INPUT', 'pass either prefix or past_key_values, not both');
+    if (options.past_key_values !== undefined && !(options.past_key_values instanceof PastKeyValues))
+      throw new PeftNodeError('ERR_INVALID_INPUT', `past_key_values must be a PastKeyValues (a PEFT model's get_prompt()), got ${repr(options.past_key_values)}`);
     const returnLogits = options.return_logits ?? true;
     if (returnLogits) {
       // Refused before anything is allocated: the model-dtype logits and the JS array they are copied into.
@@ -196,45 +167,54 @@ export class BloomForCausalLM implements AsyncDisposable {
         n,
       );
     }
-    const encoder = options.encoder;
-    const run = () =>
-      nativeCall(() =>
-        this.handle.forward(nativeInputs, {
-          backward: options.backward ?? false,
-          returnLogits,
-          prefix,
-          numVirtualTokens: prefixDims?.[0],
-          encoder: encoder?.handle,
-          ...(options.loss_scale !== undefined && options.loss_scale !== 1 ? { lossScale: options.loss_scale } : {}),
-        }),
+    // A raw prefix: past_key_values made here, whose gradient is the prefix's.
+    const own = options.prefix !== undefined
+      ? PastKeyValues.from_prefix(options.prefix, 2 * this.config.n_layer * this.config.hidden_size, { batch_size: B, requires_grad: options.backward ?? false })
+      : undefined;
+    const past = own ?? options.past_key_values;
+    try {
+      const r = await this.queue.run(() =>
+        nativeCall(() =>
+          this.handle.forward(nativeInputs, {
+            backward: options.backward ?? false,
+            returnLogits,
+            pastKeyValues: past?.handle,
+            ...(options.loss_scale !== undefined && options.loss_scale !== 1 ? { lossScale: options.loss_scale } : {}),
+          }),
+        ),
       );
-    const r = await this.queue.run(encoder ? () => encoder.queue.run(run) : run);
-    const out: CausalLMOutput = {};
-    if (r.loss !== undefined) out.loss = r.loss;
-    if (r.logits && r.logitsDims)
-      out.logits = new Tensor(typedArrayKind(r.logits) === 'Float64Array' ? 'float64' : 'float32', r.logits, r.logitsDims);
-    if (r.prefixGrad && prefixDims)
-      out.prefix_grad = new Tensor(typedArrayKind(r.prefixGrad) === 'Float64Array' ? 'float64' : 'float32', r.prefixGrad, prefixDims);
-    return out;
+      const out: CausalLMOutput = {};
+      if (r.loss !== undefined) out.loss = r.loss;
+      if (r.logits && r.logitsDims)
+        out.logits = new Tensor(typedArrayKind(r.logits) === 'Float64Array' ? 'float64' : 'float32', r.logits, r.logitsDims);
+      if (own && options.backward) {
+        const grad = await own.grad();
+        if (grad) out.prefix_grad = grad;
+      }
+      return out;
+    } finally {
+      await own?.dispose();
+    }
   }
 
   /**
    * Generates continuations like transformers' generate(): returns prompt + new ids as an int64 Tensor [B, T + n]
-   * (or `{ sequences, scores }` with return_dict_in_generate). `encoder` supplies a PEFT prefix as the initial cache.
+   * (or `{ sequences, scores }` with return_dict_in_generate). `past_key_values` (a PEFT prefix) is the initial cache.
    */
-  generate(options: GenerateOptions & { encoder?: PrefixEncoder; return_dict_in_generate: true }): Promise<GenerateOutput>;
-  generate(options: GenerateOptions & { encoder?: PrefixEncoder }): Promise<Tensor>;
-  async generate(options: GenerateOptions & { encoder?: PrefixEncoder }): Promise<Tensor | GenerateOutput> {
+  generate(options: GenerateOptions & { past_key_values?: PastKeyValues; return_dict_in_generate: true }): Promise<GenerateOutput>;
+  generate(options: GenerateOptions & { past_key_values?: PastKeyValues }): Promise<Tensor>;
+  async generate(options: GenerateOptions & { past_key_values?: PastKeyValues }): Promise<Tensor | GenerateOutput> {
     this.check();
     if (typeof options !== 'object' || options === null)
       throw new PeftNodeError('ERR_INVALID_INPUT', `generate() needs an options object { input_ids, max_new_tokens?, ... }, got ${repr(options)}`);
-    const encoder = options.encoder;
-    const run = () => nativeCall(() => run_generate(this.handle, this.generation_config, options, { encoder }));
-    return this.queue.run(encoder ? () => encoder.queue.run(run) : run);
+    const past = options.past_key_values;
+    if (past !== undefined && !(past instanceof PastKeyValues))
+      throw new PeftNodeError('ERR_INVALID_INPUT', `past_key_values must be a PastKeyValues (a PEFT model's get_prompt()), got ${repr(past)}`);
+    return this.queue.run(() => nativeCall(() => run_generate(this.handle, this.generation_config, options, past)));
   }
 
   /** generate() as an async iterator of text pieces (batch 1): never splits a character; the prompt is skipped. */
-  generate_stream(tokenizer: Decoder, options: Omit<GenerateOptions, 'streamer'> & { encoder?: PrefixEncoder }): AsyncGenerator<string, void, undefined> {
+  generate_stream(tokenizer: Decoder, options: Omit<GenerateOptions, 'streamer'> & { past_key_values?: PastKeyValues }): AsyncGenerator<string, void, undefined> {
     return stream_text((streamer) => this.generate({ ...options, streamer }), tokenizer);
   }
 
@@ -243,7 +223,9 @@ export class BloomForCausalLM implements AsyncDisposable {
     this.check();
     return this.handle.parameterInfo().map(([name, shape, requiresGrad]) => [
       name,
-      new Parameter(name, shape, requiresGrad, () => this.get_parameter(name), () => this.get_grad(name)),
+      new Parameter(name, shape, requiresGrad, () => this.get_parameter(name), () => this.get_grad(name), [this.handle, name], async (t) => {
+        await this.load_state_dict({ [name]: t }, { strict: false });
+      }),
     ]);
   }
 
