@@ -13,6 +13,7 @@ export {
   CausalLMInputs,
   CausalLMOutput,
   ForwardOptions,
+  AttnImplementation,
   FromPretrainedOptions,
 } from './models/bloom/modeling_bloom';
 export { Parameter } from './nn/parameter';

@@ -39,6 +39,20 @@ function inputsOf(c: GoldenCase, g: Map<string, Tensor>) {
   };
 }
 
+/** A native PrefixEncoder shaped for case `c` on model `m`, holding the golden parameters when `g` is given. */
+async function encoderFor(c: GoldenCase, m: BloomForCausalLM, g?: Map<string, Tensor>): Promise<PrefixEncoder> {
+  const enc = await PrefixEncoder.create({
+    num_virtual_tokens: c.num_virtual_tokens,
+    num_layers: m.config.n_layer,
+    token_dim: m.config.hidden_size,
+    encoder_hidden_size: c.encoder_hidden_size,
+    prefix_projection: c.prefix_projection,
+  });
+  const pre = `prompt_encoder.${c.adapter_name}.`;
+  if (g) for (const n of c.trainable_param_names) await enc.set_parameter(n.slice(pre.length), g.get(`param.${n}`)!);
+  return enc;
+}
+
 const defaultThreads = runtime_info().numThreads;
 
 describe.each([
@@ -73,13 +87,7 @@ describe.each([
 
     test('through a native PrefixEncoder: logits, loss and every parameter gradient', async () => {
       const m = await model(c.model);
-      const enc = await PrefixEncoder.create({
-        num_virtual_tokens: c.num_virtual_tokens,
-        num_layers: m.config.n_layer,
-        token_dim: m.config.hidden_size,
-        encoder_hidden_size: c.encoder_hidden_size,
-        prefix_projection: c.prefix_projection,
-      });
+      const enc = await encoderFor(c, m);
       try {
         const pre = `prompt_encoder.${c.adapter_name}.`;
         const names = c.trainable_param_names.map((n) => n.slice(pre.length));
@@ -123,13 +131,7 @@ test('the base model never gets a gradient; only the prefix does', async () => {
   const [c] = goldenCases().filter((x) => x.prefix_projection && x.has_labels);
   const g = goldenTensors(c);
   const m = await model(c.model);
-  const enc = await PrefixEncoder.create({
-    num_virtual_tokens: c.num_virtual_tokens,
-    num_layers: m.config.n_layer,
-    token_dim: m.config.hidden_size,
-    encoder_hidden_size: c.encoder_hidden_size,
-    prefix_projection: true,
-  });
+  const enc = await encoderFor(c, m);
   await forwardWithEncoder(m, enc, inputsOf(c, g), { backward: true, return_logits: false });
   for (const [name, p] of m.named_parameters()) {
     expect(p.requires_grad).toBe(false);
@@ -157,4 +159,69 @@ test('a second backward accumulates into the gradient, like loss.backward() twic
   await enc.zero_grad();
   expect(await enc.get_grad('embedding.weight')).toBeNull();
   await enc.dispose();
+});
+
+describe("attn_implementation: 'sdpa' (one fused kernel, other rounding)", () => {
+  const sdpaModels = new Map<string, BloomForCausalLM>();
+  async function sdpaModel(name: string): Promise<BloomForCausalLM> {
+    let m = sdpaModels.get(name);
+    if (!m) {
+      m = await AutoModelForCausalLM.from_pretrained(path.join(FIXTURES, name), { attn_implementation: 'sdpa' });
+      sdpaModels.set(name, m);
+    }
+    return m;
+  }
+  afterAll(async () => {
+    for (const m of sdpaModels.values()) await m.dispose();
+  });
+
+  test.each(goldenCases().map((c) => [c.name, c] as const))('%s: logits, loss and gradients within 1e-5 of PEFT', async (_n, c) => {
+    const g = goldenTensors(c);
+    const m = await sdpaModel(c.model);
+    expect(m.attn_implementation).toBe('sdpa');
+    const enc = await encoderFor(c, m, g);
+    try {
+      const out = await forwardWithEncoder(m, enc, inputsOf(c, g), { backward: c.has_labels });
+      const V = m.config.vocab_size;
+      const mask = c.has_mask ? asNumbers(g.get('attention_mask')!) : undefined;
+      const err = (what: string, a: Tensor | ArrayLike<number>, b: Tensor, keep?: (i: number) => boolean) =>
+        expect(log.add(`[sdpa] ${c.name} ${what}`, maxRelErr(asNumbers(a as Tensor), asNumbers(b), keep))).toBeLessThanOrEqual(FORWARD_REL);
+      err('logits', out.logits!, g.get('logits')!, mask ? (i) => mask[Math.floor(i / V)] === 1 : undefined);
+      if (c.has_labels) {
+        err('loss', [out.loss!], g.get('loss')!);
+        const pre = `prompt_encoder.${c.adapter_name}.`;
+        for (const n of c.trainable_param_names) err(`grad ${n.slice(pre.length)}`, (await enc.get_grad(n.slice(pre.length)))!, g.get(`grad.${n}`)!);
+      }
+    } finally {
+      await enc.dispose();
+    }
+  });
+
+  test('the fused kernel runs in fast mode (other bits than eager); exact mode computes eager attention, bit for bit', async () => {
+    const [c] = goldenCases().filter((x) => x.has_mask && x.has_labels);
+    const g = goldenTensors(c);
+    const eager = await model(c.model);
+    const sdpa = await sdpaModel(c.model);
+    const run = async (m: BloomForCausalLM) => {
+      const enc = await encoderFor(c, m, g);
+      try {
+        return Array.from(asNumbers((await forwardWithEncoder(m, enc, inputsOf(c, g))).logits!));
+      } finally {
+        await enc.dispose();
+      }
+    };
+    expect(await run(sdpa)).not.toEqual(await run(eager));
+    set_exact_mode(true);
+    try {
+      expect(await run(sdpa)).toEqual(await run(eager));
+    } finally {
+      set_exact_mode(false);
+    }
+  });
+
+  test('an unknown attn_implementation is a named error before anything loads', async () => {
+    await expect(
+      AutoModelForCausalLM.from_pretrained(path.join(FIXTURES, goldenCases()[0].model), { attn_implementation: 'flash_attention_2' as 'sdpa' }),
+    ).rejects.toMatchObject({ code: 'ERR_INVALID_INPUT', message: expect.stringContaining('attn_implementation must be one of eager, sdpa') });
+  });
 });

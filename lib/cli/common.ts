@@ -8,6 +8,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import type { Argv } from 'yargs';
 import { PeftNodeError } from '../errors';
+import type { AttnImplementation, FromPretrainedOptions } from '../models/bloom/modeling_bloom';
 import { PACKAGE_ROOT } from '../runtime/native';
 import { writeFileAtomic } from '../utils/fs_atomic';
 
@@ -232,7 +233,22 @@ export function model_options<T>(y: Argv<T>): Argv<T> {
       choices: DTYPES as unknown as string[],
       describe: "weights' dtype; auto = the checkpoint's",
       default: 'auto',
+    })
+    .option('attn-implementation', {
+      type: 'string',
+      choices: ['eager', 'sdpa'],
+      describe: 'eager: transformers\' attention, bit-exact with PEFT; sdpa: one fused kernel (float32, faster, other rounding)',
+      default: 'eager',
     });
+}
+
+/** from_pretrained's options from --device, --dtype and --attn-implementation. */
+export function model_load_flags(args: Args): FromPretrainedOptions {
+  return {
+    device: device_flag(args),
+    dtype: string_flag(args, 'dtype') ?? 'auto',
+    attn_implementation: (string_flag(args, 'attn-implementation') ?? 'eager') as AttnImplementation,
+  };
 }
 
 export function device_flag(args: Args): string {

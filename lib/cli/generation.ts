@@ -7,7 +7,7 @@ import * as path from 'node:path';
 import { PeftNodeError } from '../errors';
 import { TextStreamer } from '../generation/streamers';
 import { AutoModelForCausalLM } from '../models/auto';
-import { BloomForCausalLM } from '../models/bloom/modeling_bloom';
+import { BloomForCausalLM, FromPretrainedOptions } from '../models/bloom/modeling_bloom';
 import { PeftModel, PeftModelForCausalLM } from '../peft/peft_model';
 import { AutoTokenizer } from '../tokenizer/auto';
 import { PreTrainedTokenizer } from '../tokenizer/tokenization_utils';
@@ -95,7 +95,7 @@ export interface Loaded {
 }
 
 /** Loads the tokenizer (the model's; else the adapter's), the base model and the adapter. */
-export async function load_for_generation(choice: ModelChoice, options: { device: string; dtype: string }): Promise<Loaded> {
+export async function load_for_generation(choice: ModelChoice, options: FromPretrainedOptions): Promise<Loaded> {
   const tokDir =
     !fs.existsSync(path.join(choice.model, 'tokenizer.json')) && choice.adapter && fs.existsSync(path.join(choice.adapter, 'tokenizer.json'))
       ? choice.adapter
@@ -107,7 +107,7 @@ export async function load_for_generation(choice: ModelChoice, options: { device
     const base = adapterBase(choice.adapter);
     if (base !== null && base !== modelPath && same_path(base, modelPath)) modelPath = base;
   }
-  const base = await AutoModelForCausalLM.from_pretrained(modelPath, { device: options.device, dtype: options.dtype });
+  const base = await AutoModelForCausalLM.from_pretrained(modelPath, options);
   let peft: PeftModelForCausalLM | null = null;
   try {
     if (choice.adapter) peft = await PeftModel.from_pretrained(base, choice.adapter);

@@ -189,7 +189,7 @@ export interface NativeProcessGroup {
 }
 
 export interface NativeAddon {
-  BloomModel: { load(dir: string, device: string, dtype: string): Promise<NativeBloomModel> };
+  BloomModel: { load(dir: string, device: string, dtype: string, options: { attnImplementation: string }): Promise<NativeBloomModel> };
   PrefixEncoder: { create(options: NativePrefixEncoderOptions): Promise<NativePrefixEncoder> };
   Checkpoint: { open(dir: string): Promise<NativeCheckpoint> };
   ProcessGroup: { create(options: NativeProcessGroupOptions): Promise<NativeProcessGroup> };

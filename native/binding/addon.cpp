@@ -39,7 +39,7 @@ Napi::Value SetNumThreads(const Napi::CallbackInfo& info) {
 Napi::Value SetExactMode(const Napi::CallbackInfo& info) {
   return guarded(info.Env(), [&]() -> Napi::Value {
     if (!info[0].IsBoolean()) fail(codes::kInvalidInput, "set_exact_mode needs a boolean");
-    set_exact_mode(info[0].As<Napi::Boolean>().Value());
+    g_exact_mode.store(info[0].As<Napi::Boolean>().Value());
     return info.Env().Undefined();
   });
 }
@@ -66,7 +66,7 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
     o.Set("builtWithCuda", false);
 #endif
     o.Set("numThreads", at::get_num_threads());
-    o.Set("exactMode", exact_mode());
+    o.Set("exactMode", g_exact_mode.load());
     o.Set("parallelInfo", at::get_parallel_info());
     const std::vector<std::string> backends = distributed_backends();
     Napi::Array b = Napi::Array::New(env, backends.size());

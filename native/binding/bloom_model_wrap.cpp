@@ -70,6 +70,10 @@ Napi::Value BloomModelWrap::Load(const Napi::CallbackInfo& info) {
     std::string device_name = string_arg(info[1], "device");
     std::string dtype_name_ = string_arg(info[2], "dtype");
     auto state = std::make_shared<ModelState>();
+    if (info[3].IsObject()) {
+      Napi::Value attn = info[3].As<Napi::Object>().Get("attnImplementation");
+      if (!attn.IsUndefined()) state->execution.attn_implementation = parse_attn_implementation(string_arg(attn, "attnImplementation"));
+    }
     return PromiseWorker::start_on(state->thread,
         env, "peft_node.BloomModel.load",
         [=] {
@@ -195,7 +199,7 @@ Napi::Value BloomModelWrap::Forward(const Napi::CallbackInfo& info) {
                                          "(as torch does): get a new prompt for each training step");
             prefix = past->values.size(0) == B ? past->values : past->values.expand({B, -1, -1});
           }
-          ForwardOutputs out = m.forward(inputs, prefix, return_logits);
+          ForwardOutputs out = m.forward(inputs, prefix, return_logits, state->execution_options());
           if (out.loss.defined() && loss_scale != 1.0) out.loss = out.loss * loss_scale;
           if (out.loss.defined()) {
             result->has_loss = true;

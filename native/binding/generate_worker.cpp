@@ -107,7 +107,7 @@ class GenerateWorker : public Napi::AsyncProgressQueueWorker<int64_t> {
     }
     const bool streaming = !on_step_.IsEmpty();
     int64_t sent = 0;
-    out_ = generate(m, ids_, mask_, raw, opts_, [&](const at::Tensor& next) {
+    out_ = generate(m, ids_, mask_, raw, opts_, model_->execution_options(), [&](const at::Tensor& next) {
       if (!streaming) return true;
       at::Tensor c = next.contiguous();
       progress.Send(c.data_ptr<int64_t>(), static_cast<size_t>(c.numel()));

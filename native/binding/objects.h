@@ -10,6 +10,7 @@
 
 #include "binding/executor.h"
 #include "binding/parameters.h"
+#include "binding/worker.h"
 #include "core/adamw.h"
 #include "core/bloom.h"
 #include "core/prefix_encoder.h"
@@ -32,6 +33,12 @@ struct ModuleState {
 struct ModelState : ModuleState {
   std::unique_ptr<BloomModel> model;
   std::shared_ptr<Executor> thread = next_executor();  // the thread of this model's work
+  ExecutionOptions execution;  // chosen at load (attn_implementation); `exact` follows set_exact_mode per call
+  ExecutionOptions execution_options() const {
+    ExecutionOptions options = execution;
+    options.exact = g_exact_mode.load();
+    return options;
+  }
   const std::vector<std::pair<std::string, at::Tensor>>& parameters() override;
   std::shared_ptr<Executor> executor() const override { return thread; }
 };

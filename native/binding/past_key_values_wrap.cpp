@@ -50,7 +50,7 @@ Napi::Value PastKeyValuesWrap::FromPrefix(const Napi::CallbackInfo& info) {
     state->leaf = float_tensor(info[0], shape, "prefix").requires_grad_(info[3].ToBoolean().Value());
     {
       c10::AutoGradMode grad(state->leaf.requires_grad());
-      state->values = per_row ? state->leaf : prefix_rows(state->leaf, B);
+      state->values = per_row ? state->leaf : prefix_rows(state->leaf, B, g_exact_mode.load());
     }
     return New(env, std::move(state));
   });

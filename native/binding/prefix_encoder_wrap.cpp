@@ -194,7 +194,7 @@ Napi::Value PrefixEncoderWrap::GetPrompt(const Napi::CallbackInfo& info) {
         [state, past, batch, requires_grad] {
           std::lock_guard<std::mutex> lock(state->mu);
           c10::AutoGradMode grad_mode(requires_grad);
-          past->values = live(state).forward(batch);
+          past->values = live(state).forward(batch, g_exact_mode.load());
           if (requires_grad) past->owner = state;
         },
         [past](Napi::Env env) -> Napi::Value { return PastKeyValuesWrap::New(env, past); });

@@ -60,6 +60,9 @@ Napi::Value guarded(Napi::Env env, Fn&& fn) {
 // it on its own libuv thread before running.
 inline std::atomic<int> g_num_threads{0};
 
+// set_exact_mode(): transformers' op graph everywhere (core's ExecutionOptions::exact), read when a call runs.
+inline std::atomic<bool> g_exact_mode{false};
+
 // Set when the Node environment tears down (process.exit, worker termination): workers waiting for the JS thread
 // (a streaming generate) must stop waiting, or exit would wait for them forever.
 inline std::atomic<bool> g_env_closing{false};

@@ -1,6 +1,6 @@
-// BloomForCausalLM in libtorch: the forward of transformers' modeling_bloom.py, op for op (peft-reference §4), with an
-// optional prefix of past key/values (PEFT prefix tuning, §3). Base weights are frozen: they never require grad, so a
-// backward pass only reaches the prefix.
+// BloomForCausalLM in libtorch: the forward of transformers' modeling_bloom.py, op for op (peft-reference §4), with
+// optional past key/values in front of the sequence (what PEFT's prefix tuning passes down, §3). The model knows
+// nothing of PEFT. Base weights are frozen: they never require grad, so a backward pass only reaches the prefix.
 #pragma once
 #include <ATen/Tensor.h>
 #include <c10/core/Device.h>
@@ -14,6 +14,25 @@
 #include "core/config.h"
 
 namespace peft_node {
+
+// transformers' attn_implementation: which kernel computes attention.
+enum class AttnImplementation {
+  Eager,  // baddbmm(ALiBi, q, kᵀ) + mask, float32 softmax, bmm: transformers' BloomAttention, bit for bit
+  Sdpa,   // one at::scaled_dot_product_attention with ALiBi + mask as its bias (float32 models; otherwise eager)
+};
+AttnImplementation parse_attn_implementation(const std::string& name);  // "eager" | "sdpa"
+std::string attn_implementation_name(AttnImplementation impl);
+
+// How the model computes. Every switch that changes rounding or memory is here, passed with each call.
+struct ExecutionOptions {
+  AttnImplementation attn_implementation = AttnImplementation::Eager;
+  // transformers' op graph everywhere (bit-identical to PEFT on one thread): full logits before the loss, eager
+  // attention, no transposed lm_head. Otherwise work that cannot change the result beyond rounding is skipped.
+  bool exact = false;
+  // Decoding multiplies by a [D, V] copy of lm_head when it takes at most this many bytes (0: never). The copy
+  // streams the weights contiguously (bench/NOTES.md: +17% tok/s on bloom-small); past the limit memory matters more.
+  int64_t transposed_lm_head_max_bytes = int64_t{512} << 20;
+};
 
 struct ForwardInputs {
   at::Tensor input_ids;       // [B, T] int64
@@ -42,50 +61,70 @@ class BloomModel {
   // Checks ids, mask and labels (ERR_INVALID_INPUT naming what is wrong) before any compute.
   void validate(const ForwardInputs& in) const;
 
-  // prefix_raw: [B, P, 2·L·D] in PEFT's flat layout ((layer*2+kv)*n_head+head)*head_dim+d, any floating dtype
+  // past_key_values: [B, P, 2·L·D] in PEFT's flat layout ((layer*2+kv)*n_head+head)*head_dim+d, any floating dtype
   // (cast to the model dtype, differentiably), or undefined.
-  ForwardOutputs forward(const ForwardInputs& in, const at::Tensor& prefix_raw, bool need_logits) const;
+  ForwardOutputs forward(const ForwardInputs& in, const at::Tensor& past_key_values, bool need_logits,
+                         const ExecutionOptions& options) const;
 
   // One incremental step over a preallocated KV cache (generation). ids [B, t] are the new tokens at cache positions
-  // [past, past + t); m2 [B, past + t] is the float mask of every position so far (prefix ones included); k_cache /
-  // v_cache hold one [B, H, capacity, head_dim] tensor per layer, positions [0, past) already filled. Writes the new
-  // keys/values and returns the float32 logits of the last position, [B, V].
-  at::Tensor step_logits(const at::Tensor& ids, const at::Tensor& m2, int64_t past, std::vector<at::Tensor>& k_cache,
-                         std::vector<at::Tensor>& v_cache) const;
+  // [past, past + t); mask [B, past + t] is the float mask of every position so far (prefix ones included);
+  // key_cache / value_cache hold one [B, H, capacity, head_dim] tensor per layer, positions [0, past) already filled.
+  // Writes the new keys/values and returns the float32 logits of the last position, [B, V].
+  at::Tensor step_logits(const at::Tensor& ids, const at::Tensor& mask, int64_t past, std::vector<at::Tensor>& key_cache,
+                         std::vector<at::Tensor>& value_cache, const ExecutionOptions& options) const;
 
   // Parameters under transformers' names (transformer.word_embeddings.weight, transformer.h.0...), tied lm_head
   // counted once, in module registration order.
   const std::vector<std::pair<std::string, at::Tensor>>& named_parameters() const { return params_; }
   int64_t num_parameters() const;
   // Call after writing into a parameter (load_state_dict): drops caches derived from the weights.
-  void weights_changed() { lm_head_t_ = at::Tensor(); }
+  void weights_changed() { lm_head_transposed_ = at::Tensor(); }
 
  private:
-  // Embedding, ALiBi, mask and every block, for ids at cache positions [past, past + T) over the mask m2 of all
-  // positions so far; past_kv(l, k, v) turns the layer's new keys/values into all of them (prefix or cache first).
-  at::Tensor run_blocks(const at::Tensor& ids, const at::Tensor& m2, int64_t past,
-                        const std::function<void(int64_t, at::Tensor&, at::Tensor&)>& past_kv) const;
-
-  struct Layer {
-    at::Tensor ln1_w, ln1_b, qkv_w, qkv_b, dense_w, dense_b, ln2_w, ln2_b, fc1_w, fc1_b, fc2_w, fc2_b;
+  struct Linear {
+    at::Tensor weight, bias;
   };
+  struct LayerNorm {
+    at::Tensor weight, bias;
+  };
+  // One BloomBlock, under transformers' module names.
+  struct Block {
+    LayerNorm input_layernorm;
+    Linear query_key_value, dense;  // self_attention
+    LayerNorm post_attention_layernorm;
+    Linear dense_h_to_4h, dense_4h_to_h;  // mlp
+  };
+  // What every layer's attention adds to its scores: ALiBi and the causal + padding mask.
+  struct AttentionBias {
+    at::Tensor alibi;        // [B·H, 1, S] in the model dtype
+    at::Tensor causal_mask;  // [B, 1, T, S]: 0 where a query may look, the dtype's lowest value elsewhere
+    at::Tensor fused;        // [B, H, T, S] = alibi + causal_mask, for SDPA only
+  };
+  // Turns a layer's new keys/values [B, H, T, head_dim] into all of them (earlier positions first).
+  using PastKeyValuesUpdate = std::function<void(int64_t layer, at::Tensor& keys, at::Tensor& values)>;
+
+  at::Tensor layer_norm(const at::Tensor& x, const LayerNorm& norm) const;
+  at::Tensor self_attention(const Block& block, int64_t layer, const at::Tensor& x, const AttentionBias& bias,
+                            const PastKeyValuesUpdate& update, bool use_sdpa) const;
+  at::Tensor mlp(const Block& block, const at::Tensor& x) const;
+  AttentionBias attention_bias(const at::Tensor& mask, int64_t past, int64_t seq_len, bool use_sdpa) const;
+  // Embedding, every block and ln_f, for ids at cache positions [past, past + T) over the mask of all positions.
+  at::Tensor hidden_states(const at::Tensor& ids, const at::Tensor& mask, int64_t past,
+                           const PastKeyValuesUpdate& update, const ExecutionOptions& options) const;
+  at::Tensor lm_head_logits(const at::Tensor& x, const ExecutionOptions& options) const;
+
   BloomConfig config_;
   c10::Device device_;
   at::ScalarType dtype_;
-  at::Tensor wte_, emb_ln_w_, emb_ln_b_, ln_f_w_, ln_f_b_, lm_head_;
-  std::vector<Layer> layers_;
+  at::Tensor word_embeddings_;
+  LayerNorm word_embeddings_layernorm_, ln_f_;
+  std::vector<Block> blocks_;
+  at::Tensor lm_head_;  // [V, D]; the same tensor as word_embeddings_ when tied
   std::vector<std::pair<std::string, at::Tensor>> params_;
-  at::Tensor slopes_;  // [n_head] float32 ALiBi slopes, as build_alibi_tensor computes them
-  // lm_head transposed to [D, V] for decoding (made on first use, fast mode, lm_heads up to 512 MB): a [1, D] x [D, V]
-  // product streams the weights contiguously and runs ~1.7x faster than x · W^T on this CPU. Guarded by the model lock.
-  mutable at::Tensor lm_head_t_;
+  at::Tensor alibi_slopes_;  // [n_head] float32, as build_alibi_tensor computes them
+  // lm_head as [D, V] for decoding, made on first use (see ExecutionOptions). Guarded by the model lock.
+  mutable at::Tensor lm_head_transposed_;
 };
-
-// Exact mode computes transformers' op graph (bit-identical to PEFT on one thread). The default fast mode drops work
-// that cannot change the result beyond rounding (lm_head and cross-entropy only on rows with a target, no
-// vocab-sized tensors kept for backward) and stays within 1e-5 of it.
-void set_exact_mode(bool exact);
-bool exact_mode();
 
 // ALiBi slopes exactly as transformers' build_alibi_tensor (float32 base, int32 powers, torch.pow).
 at::Tensor alibi_slopes(int64_t n_head);

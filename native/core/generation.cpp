@@ -40,8 +40,8 @@ void top_p_filter(at::Tensor& scores, double top_p) {
 }  // namespace
 
 GenerateOutputs generate(const BloomModel& model, const at::Tensor& input_ids, const at::Tensor& attention_mask,
-                         const at::Tensor& prefix_raw, const GenerateOptions& opts,
-                         const std::function<bool(const at::Tensor&)>& on_step) {
+                         const at::Tensor& past_key_values, const GenerateOptions& opts,
+                         const ExecutionOptions& execution, const std::function<bool(const at::Tensor&)>& on_step) {
   c10::NoGradGuard no_grad;
   ForwardInputs check;
   check.input_ids = input_ids;
@@ -56,7 +56,7 @@ GenerateOutputs generate(const BloomModel& model, const at::Tensor& input_ids, c
   const c10::Device dev = model.device();
   const int64_t B = input_ids.size(0), T = input_ids.size(1);
   const int64_t H = c.n_head, hd = c.head_dim(), NL = c.n_layer;
-  const int64_t P = prefix_raw.defined() ? prefix_raw.size(1) : 0;
+  const int64_t P = past_key_values.defined() ? past_key_values.size(1) : 0;
   const int64_t capacity = P + T + opts.max_new_tokens;
   auto f32 = at::TensorOptions().dtype(at::kFloat).device(dev);
   auto i64 = at::TensorOptions().dtype(at::kLong);
@@ -68,9 +68,9 @@ GenerateOutputs generate(const BloomModel& model, const at::Tensor& input_ids, c
     v_cache.push_back(at::empty({B, H, capacity, hd}, cache_opts));
   }
   if (P > 0) {
-    if (prefix_raw.dim() != 3 || prefix_raw.size(0) != B || prefix_raw.size(2) != 2 * NL * c.hidden_size)
-      fail(codes::kShapeMismatch, "prefix for generate must be [batch, num_virtual_tokens, 2·n_layer·hidden_size]");
-    at::Tensor kv = prefix_raw.to(dev, model.dtype()).view({B, P, NL * 2, H, hd}).permute({2, 0, 3, 1, 4});
+    if (past_key_values.dim() != 3 || past_key_values.size(0) != B || past_key_values.size(2) != 2 * NL * c.hidden_size)
+      fail(codes::kShapeMismatch, "past_key_values for generate must be [batch, num_virtual_tokens, 2·n_layer·hidden_size]");
+    at::Tensor kv = past_key_values.to(dev, model.dtype()).view({B, P, NL * 2, H, hd}).permute({2, 0, 3, 1, 4});
     for (int64_t l = 0; l < NL; ++l) {
       k_cache[l].narrow(2, 0, P).copy_(kv[2 * l]);
       v_cache[l].narrow(2, 0, P).copy_(kv[2 * l + 1]);
@@ -95,7 +95,7 @@ GenerateOutputs generate(const BloomModel& model, const at::Tensor& input_ids, c
   int64_t past = P;
   for (int64_t n = 0; n < opts.max_new_tokens; ++n) {
     const int64_t t = step_ids.size(1);
-    at::Tensor logits = model.step_logits(step_ids, mask_all.narrow(1, 0, past + t), past, k_cache, v_cache).to(at::kCPU);
+    at::Tensor logits = model.step_logits(step_ids, mask_all.narrow(1, 0, past + t), past, k_cache, v_cache, execution).to(at::kCPU);
     past += t;
     if (opts.repetition_penalty != 1.0) repetition_penalty(logits, sequences, opts.repetition_penalty);
     at::Tensor next;

@@ -33,7 +33,7 @@ struct GenerateOutputs {
 
 // `on_step` gets each step's new tokens [B] (CPU int64) and returns false to stop early.
 GenerateOutputs generate(const BloomModel& model, const at::Tensor& input_ids, const at::Tensor& attention_mask,
-                         const at::Tensor& prefix_raw, const GenerateOptions& opts,
-                         const std::function<bool(const at::Tensor&)>& on_step);
+                         const at::Tensor& past_key_values, const GenerateOptions& opts,
+                         const ExecutionOptions& execution, const std::function<bool(const at::Tensor&)>& on_step);
 
 }  // namespace peft_node

@@ -7,7 +7,6 @@
 #include <cmath>
 #include <mutex>
 
-#include "core/bloom.h"  // exact_mode()
 #include "core/errors.h"
 
 namespace peft_node {
@@ -74,19 +73,19 @@ PrefixEncoder::PrefixEncoder(const PrefixEncoderOptions& opts, c10::Device devic
   }
 }
 
-at::Tensor prefix_rows(const at::Tensor& weight, int64_t batch) {
+at::Tensor prefix_rows(const at::Tensor& weight, int64_t batch, bool exact) {
   const int64_t P = weight.size(0);
-  if (!exact_mode()) return weight.unsqueeze(0).expand({batch, P, weight.size(1)});
+  if (!exact) return weight.unsqueeze(0).expand({batch, P, weight.size(1)});
   auto i64 = at::TensorOptions().dtype(at::kLong).device(weight.device());
   return at::embedding(weight, at::arange(P, i64).unsqueeze(0).expand({batch, P}));
 }
 
-at::Tensor PrefixEncoder::forward(int64_t batch) const {
+at::Tensor PrefixEncoder::forward(int64_t batch, bool exact) const {
   const int64_t P = opts_.num_virtual_tokens;
   if (opts_.inference_mode) return embedding_.repeat({batch, 1, 1});
-  if (!w1_.defined()) return prefix_rows(embedding_, batch);
+  if (!w1_.defined()) return prefix_rows(embedding_, batch, exact);
   auto i64 = at::TensorOptions().dtype(at::kLong).device(embedding_.device());
-  if (!exact_mode()) {
+  if (!exact) {
     // Every row gets the same prefix: compute it once and broadcast (PEFT runs the encoder per row).
     at::Tensor e = at::embedding(embedding_, at::arange(P, i64).unsqueeze(0));
     e = at::linear(at::tanh(at::linear(e, w1_, b1_)), w2_, b2_);
@@ -98,7 +97,7 @@ at::Tensor PrefixEncoder::forward(int64_t batch) const {
 
 at::Tensor PrefixEncoder::prompt_embeddings() const {
   c10::NoGradGuard no_grad;
-  return forward(1)[0].detach().to(at::kCPU).contiguous();
+  return forward(1, /*exact=*/false)[0].detach().to(at::kCPU).contiguous();
 }
 
 at::Tensor PrefixEncoder::parameter(const std::string& name) const {

@@ -31,8 +31,9 @@ class PrefixEncoder {
   int64_t out_dim() const { return 2 * opts_.num_layers * opts_.token_dim; }
 
   // [B, P, 2·L·D]: training mode looks up arange(P) expanded to B rows (PEFT's get_prompt); inference mode repeats
-  // embedding.weight, as PEFT does for loaded adapters.
-  at::Tensor forward(int64_t batch) const;
+  // embedding.weight, as PEFT does for loaded adapters. `exact` runs the encoder per row as PEFT does (its gradient
+  // then sums over rows in PEFT's order); otherwise once, broadcast over the batch.
+  at::Tensor forward(int64_t batch, bool exact) const;
   // get_prompt_embedding_to_save: the [P, 2·L·D] float32 tensor an adapter file stores (the MLP output if projecting).
   at::Tensor prompt_embeddings() const;
 
@@ -49,9 +50,9 @@ class PrefixEncoder {
 };
 
 // PEFT's get_prompt for a plain prefix embedding: `weight` [P, W] looked up at arange(P) for each of `batch` rows
-// ([batch, P, W], differentiable). Exact mode does PEFT's embedding lookup per row (so the gradient is summed over
-// rows as embedding's backward sums it); fast mode broadcasts the weight.
-at::Tensor prefix_rows(const at::Tensor& weight, int64_t batch);
+// ([batch, P, W], differentiable). `exact` does PEFT's embedding lookup per row (so the gradient is summed over
+// rows as embedding's backward sums it); otherwise the weight is broadcast.
+at::Tensor prefix_rows(const at::Tensor& weight, int64_t batch, bool exact);
 
 // Seeds torch's default CPU generator (torch.manual_seed on CPU).
 void manual_seed(uint64_t seed);

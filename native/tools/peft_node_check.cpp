@@ -36,7 +36,7 @@ int main(int argc, char** argv) {
     ForwardInputs in;
     in.input_ids = at::randint(c.vocab_size, {B, T}, at::TensorOptions().dtype(at::kLong));
     in.labels = in.input_ids.clone();
-    ForwardOutputs out = model->forward(in, enc.forward(B), false);
+    ForwardOutputs out = model->forward(in, enc.forward(B, false), false, ExecutionOptions{});
     out.loss.backward();
     auto t2 = std::chrono::steady_clock::now();
     auto ms = [](auto a, auto b) { return std::chrono::duration<double, std::milli>(b - a).count(); };

@@ -107,7 +107,7 @@ struct Run {
 Run forward_backward(const BloomModel& model, const at::Tensor& prefix_cpu, const ForwardInputs& in) {
   at::Tensor p = prefix_cpu.detach().to(model.device()).requires_grad_(true);
   const int64_t B = in.input_ids.size(0);
-  ForwardOutputs out = model.forward(in, p.unsqueeze(0).expand({B, p.size(0), p.size(1)}), true);
+  ForwardOutputs out = model.forward(in, p.unsqueeze(0).expand({B, p.size(0), p.size(1)}), true, ExecutionOptions{});
   out.loss.backward();
   return {out.logits.detach(), out.loss.detach(), p.grad().detach()};
 }
@@ -228,7 +228,7 @@ int bench(const Args& a) {
   double loss = 0;
   auto step = [&]() {
     enc.zero_grad();
-    ForwardOutputs out = model.forward(in, enc.forward(B), false);
+    ForwardOutputs out = model.forward(in, enc.forward(B, false), false, ExecutionOptions{});
     out.loss.backward();
     clip_grad_norm(params, 1.0);
     opt.step(params, h);

@@ -9,7 +9,7 @@ import {
   Args,
   adapter_flag,
   adapter_options,
-  device_flag,
+  model_load_flags,
   generation_flags,
   generation_options,
   human_assistant_prompt,
@@ -41,12 +41,11 @@ export function builder(y: Argv): Argv {
 
 export async function handler(args: Args): Promise<number> {
   const gen = generation_flags(args);
-  const device = device_flag(args);
-  const dtype = string_flag(args, 'dtype') ?? 'auto';
+  const load = model_load_flags(args);
   const history = args.history === true;
   const choice = choose_model(string_flag(args, 'model'), adapter_flag(args));
   const tty = process.stdin.isTTY === true && process.stdout.isTTY === true;
-  const loaded = await load_for_generation(choice, { device, dtype });
+  const loaded = await load_for_generation(choice, load);
   note(`${choice.adapter ? `adapter ${choice.adapter} on ${choice.model}` : `model ${choice.model} (no adapter)`}`);
   if (tty) note('type a message; `exit`, `quit` or Ctrl-D ends the chat, Ctrl-C stops an answer');
 

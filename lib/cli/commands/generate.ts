@@ -11,7 +11,7 @@ import {
   adapter_flag,
   adapter_options,
   apply_template,
-  device_flag,
+  model_load_flags,
   generation_flags,
   generation_options,
   model_options,
@@ -50,12 +50,11 @@ export async function handler(args: Args): Promise<number> {
   if (prompt === undefined) throw new UsageError('a prompt is needed: peft-node generate --prompt TEXT');
   const template = (string_flag(args, 'template') ?? 'human-assistant') as TemplateName;
   const gen = generation_flags(args);
-  const device = device_flag(args);
-  const dtype = string_flag(args, 'dtype') ?? 'auto';
+  const load = model_load_flags(args);
   const choice = choose_model(string_flag(args, 'model'), adapter_flag(args));
   if (choice.adapter) note(`adapter ${choice.adapter} on ${choice.model}`);
   else note(`model ${choice.model} (no adapter)`);
-  const loaded = await load_for_generation(choice, { device, dtype });
+  const loaded = await load_for_generation(choice, load);
   try {
     await stream_answer(loaded, apply_template(template, prompt), gen, (t) => write(t));
     write('\n');

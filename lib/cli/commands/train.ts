@@ -15,6 +15,7 @@ import { describe_exit, launch } from '../../distributed/launch';
 import { PeftNodeError } from '../../errors';
 import { AutoModelForCausalLM } from '../../models/auto';
 import { BloomConfig } from '../../models/bloom/configuration_bloom';
+import type { AttnImplementation } from '../../models/bloom/modeling_bloom';
 import { PrefixTuningConfig, TaskType } from '../../peft/config';
 import { PeftModelForCausalLM, get_peft_model } from '../../peft/peft_model';
 import { set_seed } from '../../runtime/rng';
@@ -116,6 +117,7 @@ interface TrainFlags {
   seed: number;
   device: string;
   dtype: string;
+  attn_implementation: AttnImplementation;
   resume?: string | true;
   nproc: number;
   nnodes: number;
@@ -152,6 +154,7 @@ function flags(args: Args): TrainFlags {
     seed: int_flag(args, 'seed', 0) ?? 42,
     device: device_flag(args),
     dtype: string_flag(args, 'dtype') ?? 'auto',
+    attn_implementation: (string_flag(args, 'attn-implementation') ?? 'eager') as AttnImplementation,
     resume: resume === undefined ? undefined : resume === '' ? true : resume,
     nproc: int_flag(args, 'nproc', 1) ?? 1,
     nnodes: int_flag(args, 'nnodes', 1) ?? 1,
@@ -314,7 +317,7 @@ async function train(f: TrainFlags, args: Args, main: boolean, out: (line?: stri
   const tokenizer = await AutoTokenizer.from_pretrained(f.model);
   const tokenized = ds.map(make_process_func(tokenizer, f.max_length, f.data), { with_indices: true, remove_columns: ds.column_names });
 
-  const model = await AutoModelForCausalLM.from_pretrained(f.model, { device: f.device, dtype: f.dtype });
+  const model = await AutoModelForCausalLM.from_pretrained(f.model, { device: f.device, dtype: f.dtype, attn_implementation: f.attn_implementation });
   let peft_model: PeftModelForCausalLM | undefined;
   try {
     const config = new PrefixTuningConfig({

@@ -59,6 +59,8 @@ export class BloomForCausalLM implements AsyncDisposable {
   readonly name_or_path: string;
   /** Generation defaults: the checkpoint's generation_config.json, else the token ids of config.json. */
   generation_config: GenerationConfig;
+  /** How attention is computed (transformers' config._attn_implementation), chosen at from_pretrained. */
+  attn_implementation: AttnImplementation = 'eager';
   /** Like torch's module.training; HF's from_pretrained returns a model in eval mode. */
   training = false;
   private readonly handle: NativeBloomModel;
@@ -81,8 +83,13 @@ export class BloomForCausalLM implements AsyncDisposable {
     const device = resolveDevice(options.device ?? 'cpu');
     const requested = options.dtype ?? options.torch_dtype ?? 'auto';
     const dtype = requested === 'auto' ? (config.dtype ?? 'float32') : requested;
-    const handle = await nativeCall(() => native().BloomModel.load(dir, device, dtype));
-    return new BloomForCausalLM(handle, config, dir);
+    const attn_implementation = options.attn_implementation ?? 'eager';
+    if (!ATTN_IMPLEMENTATIONS.includes(attn_implementation))
+      throw new PeftNodeError('ERR_INVALID_INPUT', `attn_implementation must be one of ${ATTN_IMPLEMENTATIONS.join(', ')}, got ${repr(attn_implementation)}`);
+    const handle = await nativeCall(() => native().BloomModel.load(dir, device, dtype, { attnImplementation: attn_implementation }));
+    const model = new BloomForCausalLM(handle, config, dir);
+    model.attn_implementation = attn_implementation;
+    return model;
   }
 
   private check(): void {
@@ -322,6 +329,15 @@ export class BloomForCausalLM implements AsyncDisposable {
   }
 }
 
+/**
+ * transformers' attn_implementation. "eager" (default): transformers' BloomAttention op for op, bit-exact with PEFT.
+ * "sdpa": one fused scaled_dot_product_attention with ALiBi + mask as its bias (float32 models; exact mode and other
+ * dtypes compute eager): about 5% off a train step on bloom-small, but its rounding differs from eager's (a golden
+ * Trainer run's final prefix moved 1.5e-4 from PEFT's; bench/NOTES.md).
+ */
+export type AttnImplementation = 'eager' | 'sdpa';
+const ATTN_IMPLEMENTATIONS: readonly string[] = ['eager', 'sdpa'];
+
 export interface FromPretrainedOptions {
   /** "cpu" (default), "cuda", "cuda:N", or "auto" (CUDA when available). */
   device?: string;
@@ -329,6 +345,8 @@ export interface FromPretrainedOptions {
   dtype?: string;
   /** Alias of `dtype` (transformers' older name). */
   torch_dtype?: string;
+  /** "eager" (default) or "sdpa"; see AttnImplementation. */
+  attn_implementation?: AttnImplementation;
 }
 
 function resolveDevice(device: string): string {
