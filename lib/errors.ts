@@ -5,7 +5,8 @@
 
 /**
  * Every stable error code, in the README's order. `ERROR_CODES.includes(err.code)` tells a documented failure from a
- * bug (the fuzzer, scripts/fuzz, checks exactly that).
+ * bug (the fuzzer, scripts/fuzz, checks exactly that). The one list: native/core/error_codes.h is generated from it
+ * (`node scripts/gen_error_codes.js`; a test fails when they differ).
  */
 export const ERROR_CODES = [
   'ERR_FILE_NOT_FOUND',
@@ -17,7 +18,7 @@ export const ERROR_CODES = [
   'ERR_SAFETENSORS_HEADER',
   'ERR_SAFETENSORS_DTYPE',
   'ERR_SAFETENSORS_OFFSETS',
-  // pytorch_model.bin (zip + pickle) loading, raised natively (native/core/errors.h)
+  // pytorch_model.bin (zip + pickle) loading, raised natively
   'ERR_ZIP',
   'ERR_PICKLE',
   'ERR_UNSAFE_PICKLE',

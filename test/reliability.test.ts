@@ -5,6 +5,7 @@
  * ticking during train and generate); input edges (empty data and batches, all-zero masks, all -100 labels, inputs
  * too large for memory, non-UTF-8 text, a tokenizer without a pad token).
  */
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import {
@@ -101,6 +102,25 @@ describe('named errors', () => {
     const table = readme.slice(readme.indexOf('\n## Errors'), readme.indexOf('\n## Layout'));
     const documented = new Set([...table.matchAll(/^\| `(ERR_\w+)`(?: \/ `(ERR_\w+)`)?/gm)].flatMap((m) => [m[1], m[2]]).filter(Boolean));
     expect([...documented].sort()).toEqual([...ERROR_CODES].sort());
+  });
+
+  test('native/core/error_codes.h is generated from ERROR_CODES and up to date; native code names no code by hand', () => {
+    const root = path.join(__dirname, '..');
+    const check = spawnSync(process.execPath, [path.join(root, 'scripts', 'gen_error_codes.js'), '--check'], { encoding: 'utf8' });
+    expect({ status: check.status, stderr: check.stderr }).toEqual({ status: 0, stderr: '' });
+    const header = fs.readFileSync(path.join(root, 'native', 'core', 'error_codes.h'), 'utf8');
+    expect([...header.matchAll(/"(ERR_\w+)"/g)].map((m) => m[1])).toEqual([...ERROR_CODES]);
+    const literals: string[] = [];
+    const walk = (dir: string): void => {
+      for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
+        const f = path.join(dir, e.name);
+        if (e.isDirectory()) walk(f);
+        else if (/\.(cpp|h)$/.test(e.name) && e.name !== 'error_codes.h')
+          for (const m of fs.readFileSync(f, 'utf8').matchAll(/"(ERR_\w+)"/g)) literals.push(`${path.relative(root, f)}: ${m[1]}`);
+      }
+    };
+    walk(path.join(root, 'native'));
+    expect(literals).toEqual([]);
   });
 
   test('native errors: documented codes pass through; an unknown code is ERR_TORCH naming it; allocator failures are ERR_OUT_OF_MEMORY', () => {

@@ -5,6 +5,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "core/error_codes.h"  // codes::k*, generated from lib/errors.ts
+
 namespace peft_node {
 
 class Error : public std::runtime_error {
@@ -32,28 +34,5 @@ inline std::string printable(const std::string& s) {
 }
 
 [[noreturn]] inline void fail(const std::string& code, const std::string& message) { throw Error(code, message); }
-
-// Stable codes (documented in README).
-namespace codes {
-inline constexpr const char* kFileNotFound = "ERR_FILE_NOT_FOUND";
-inline constexpr const char* kIo = "ERR_IO";
-inline constexpr const char* kJson = "ERR_JSON";
-inline constexpr const char* kConfig = "ERR_CONFIG";
-inline constexpr const char* kUnsupportedModel = "ERR_UNSUPPORTED_MODEL";
-inline constexpr const char* kSafetensorsHeader = "ERR_SAFETENSORS_HEADER";
-inline constexpr const char* kSafetensorsDtype = "ERR_SAFETENSORS_DTYPE";
-inline constexpr const char* kSafetensorsOffsets = "ERR_SAFETENSORS_OFFSETS";
-inline constexpr const char* kZip = "ERR_ZIP";
-inline constexpr const char* kPickle = "ERR_PICKLE";
-inline constexpr const char* kUnsafePickle = "ERR_UNSAFE_PICKLE";
-inline constexpr const char* kCheckpointFormat = "ERR_CHECKPOINT_FORMAT";
-inline constexpr const char* kWeightMissing = "ERR_WEIGHT_MISSING";
-inline constexpr const char* kShapeMismatch = "ERR_SHAPE_MISMATCH";
-inline constexpr const char* kInvalidInput = "ERR_INVALID_INPUT";
-inline constexpr const char* kDevice = "ERR_DEVICE";
-inline constexpr const char* kDisposed = "ERR_DISPOSED";
-inline constexpr const char* kTorch = "ERR_TORCH";
-inline constexpr const char* kDistributed = "ERR_DISTRIBUTED";
-}  // namespace codes
 
 }  // namespace peft_node
