@@ -290,6 +290,7 @@ describe('scripts/install.js: an install never strands the user', () => {
     const root = path.join(tmp, 'installed');
     fs.mkdirSync(path.join(root, 'scripts'), { recursive: true });
     for (const f of ['install.js', 'libtorch.js']) fs.copyFileSync(path.join(ROOT, 'scripts', f), path.join(root, 'scripts', f));
+    fs.cpSync(path.join(ROOT, 'scripts', 'libtorch'), path.join(root, 'scripts', 'libtorch'), { recursive: true });
     fs.cpSync(path.join(ROOT, 'dist'), path.join(root, 'dist'), { recursive: true });
     fs.cpSync(path.join(ROOT, 'native'), path.join(root, 'native'), { recursive: true });
     fs.copyFileSync(path.join(ROOT, 'package.json'), path.join(root, 'package.json'));
