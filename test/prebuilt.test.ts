@@ -166,7 +166,7 @@ describe('locating libtorch at run time (no fetch)', () => {
 
     // A half-fetched cache (no completion marker) is not used.
     const cacheDir = fakeLibtorch(path.join(tmp, 'cache', 'libtorch', '2.13.0-cpu'));
-    expect(locateLibtorchFor('2.13.0', 'cpu', { root, env }).tried.join('\n')).toMatch(/incomplete \(an interrupted fetch\)/);
+    expect(locateLibtorchFor('2.13.0', 'cpu', { root, env }).tried.join('\n')).toMatch(/incomplete \(no \.peft-node-complete\), a fetch was interrupted/);
     fs.writeFileSync(path.join(cacheDir, lt.MARKER), JSON.stringify({ version: '2.13.0', variant: 'cpu' }));
     expect(locateLibtorchFor('2.13.0', 'cpu', { root, env }).libtorch).toMatchObject({ source: 'cache', root: cacheDir });
 
