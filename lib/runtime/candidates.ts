@@ -16,22 +16,8 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import {
-  Attempt,
-  BuildInfo,
-  Candidate,
-  CandidateKind,
-  InstallRecord,
-  LocatedLibtorch,
-  PACKAGE_ROOT,
-  explicitLibtorch,
-  locateLibtorchFor,
-  prebuiltCandidate,
-  readJson,
-  realpath,
-  testLoad,
-  variantMatches,
-} from './libtorch';
+import type { Attempt, BuildInfo, Candidate, CandidateKind, InstallRecord, LocatedLibtorch } from './libtorch';
+import { PACKAGE_ROOT, explicitLibtorch, locateLibtorchFor, prebuiltCandidate, readJson, realpath, testLoad, variantMatches } from './libtorch';
 
 export interface Resolution {
   variant: string;

@@ -9,23 +9,7 @@
  *                    prebuilt layout and source hash (prebuilt.js), the dlopen/CUDA preload (preload.js) and the
  *                    child-process test load with its cached verdict (test-load.js)
  */
-export type { Attempt, BuildInfo, Candidate, CandidateKind, InstallRecord, RuntimeLibtorch } from './libtorch';
-export {
-  PACKAGE_ROOT,
-  cudaLibrarySearchDirs,
-  defaultVerdictDir,
-  explicitLibtorch,
-  locateLibtorchFor,
-  nativeSourceHash,
-  pickBinary,
-  platformTag,
-  preloadLibtorch,
-  prebuiltCandidate,
-  prebuiltDir,
-  prebuiltVariants,
-  testLoad,
-  variantMatches,
-} from './libtorch';
+export * from './libtorch';
 export type { LoaderOptions, Resolution } from './candidates';
 export { resolveAddon, wantedVariant } from './candidates';
 export type { LoadedAddon } from './load';
