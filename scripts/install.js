@@ -11,9 +11,11 @@
 //   PEFT_NODE_INSTALL_STRICT=1   fail the install when no libtorch is found or the build fails (default: warn, exit 0)
 //   CMAKE_BUILD_PARALLEL_LEVEL   compile jobs (default: CPUs, capped by memory: a libtorch TU needs ~1.5 GB)
 //
-// Prebuilt first: prebuilds/<platform>-<arch>-<variant>/ (see scripts/prebuild.js) is used when the libtorch found has
-// the version and variant of its build-info.json, it was built from the native sources shipped with it, and it passes
-// a test load in a child process (dist/runtime/loader.js, the run-time loader). Then no compiler or cmake is needed.
+// libtorch comes from scripts/libtorch/ (locate.js: the one search order, fetching when nothing is found). Prebuilt
+// first: prebuilds/<platform>-<arch>-<variant>/ (see scripts/prebuild.js) is used when the libtorch found has the
+// version and variant of its build-info.json, it was built from the native sources shipped with it, and it passes a
+// test load in a child process (scripts/libtorch/prebuilt.js and test-load.js, the same checks the run-time loader
+// makes; nothing here needs the compiled TypeScript). Then no compiler or cmake is needed.
 // build/peft-node-install.json records the choice and the libtorch, which the loader uses at run time.
 //
 // An install never fails for want of libtorch or of a compiler (unless --force / PEFT_NODE_INSTALL_STRICT=1): the
@@ -25,7 +27,7 @@ const path = require('path');
 const fs = require('fs');
 const os = require('os');
 const { spawn, spawnSync } = require('child_process');
-const { locateLibtorch, PINNED_VERSION } = require('./libtorch.js');
+const { PINNED_VERSION, envVariant, locateLibtorch, prebuiltCandidate, prebuiltDir, readJson, testLoad } = require('./libtorch/index.js');
 
 const ROOT = path.resolve(__dirname, '..');
 const OUT = path.join(ROOT, 'build');
@@ -35,14 +37,6 @@ const RECORD = path.join(OUT, 'peft-node-install.json');
 
 const log = (msg) => process.stderr.write(`peft-node: ${msg}\n`);
 const secs = (t0) => `${((Date.now() - t0) / 1000).toFixed(1)} s`;
-
-function readJson(file) {
-  try {
-    return JSON.parse(fs.readFileSync(file, 'utf8'));
-  } catch {
-    return null;
-  }
-}
 
 // Newest mtime among the inputs of the build, so an unchanged tree re-installs in seconds.
 function newestSourceMtime() {
@@ -89,28 +83,17 @@ function writeRecord(addon, lt, extra = {}) {
   }
 }
 
-/** dist/runtime/loader.js (shipped in the tarball; in a fresh clone it exists only after the TypeScript build). */
-function runtimeLoader() {
-  try {
-    return require(path.join(ROOT, 'dist', 'runtime', 'loader.js'));
-  } catch {
-    return null;
-  }
-}
-
 function readPrebuiltInfo(variant) {
-  return readJson(path.join(ROOT, 'prebuilds', `${process.platform}-${process.arch}-${variant}`, 'build-info.json'));
+  return readJson(path.join(prebuiltDir(ROOT, variant), 'build-info.json'));
 }
 
 /** The prebuilt for lt's variant if it fits and loads: { ok, file, reason }. */
 function tryPrebuilt(variant, lt) {
-  const loader = runtimeLoader();
-  if (!loader) return { ok: false, reason: 'dist/runtime/loader.js is not built yet' };
   const runtimeLt = { root: lt.root, libDir: lt.libDir, version: lt.version, fullVersion: lt.fullVersion, variant: lt.variant, cuda: lt.cuda, source: lt.source };
   try {
-    const { candidate, attempt } = loader.prebuiltCandidate(variant, { root: ROOT, libtorch: runtimeLt });
+    const { candidate, attempt } = prebuiltCandidate(variant, { root: ROOT, libtorch: runtimeLt });
     if (!candidate) return { ok: false, reason: attempt.reason };
-    const t = loader.testLoad(candidate, { root: ROOT });
+    const t = testLoad(candidate);
     return t.ok ? { ok: true, file: candidate.file, cached: t.cached } : { ok: false, reason: t.reason };
   } catch (e) {
     return { ok: false, reason: `checking it failed: ${e.message}` };
@@ -132,7 +115,7 @@ async function main(argv) {
     return 0;
   };
   const t0 = Date.now();
-  const variant = process.env.PEFT_NODE_VARIANT || process.env.PEFT_NODE_LIBTORCH_VARIANT || 'cpu';
+  const variant = envVariant();
   const usePrebuilt = !force && process.env.PEFT_NODE_BUILD_FROM_SOURCE !== '1';
   // With a prebuilt for the variant, look for the libtorch version it was built against (the pin for cpu).
   const prebuiltInfo = usePrebuilt ? readPrebuiltInfo(variant) : null;

@@ -8,22 +8,22 @@
 //   node scripts/prebuild.js [--variant cpu|cu130|...] [--version X.Y.Z] [--jobs N] [--no-test]
 //   node scripts/prebuild.js --check [--variant V]    exit 1 unless the prebuilt exists and matches native/ (prepublishOnly)
 //
-// libtorch: PEFT_NODE_LIBTORCH / LIBTORCH, else scripts/libtorch.js's order for the variant (pinned version unless
+// libtorch: PEFT_NODE_LIBTORCH / LIBTORCH, else scripts/libtorch/locate.js's order for the variant (pinned version unless
 // --version); for a CUDA variant without --version, a complete cache entry <version>-<variant> of any supported
 // version is used before fetching the pin. The build goes to build-prebuild/<variant>/ (incremental; wiped when
 // the libtorch changes), never to build/ (the local build others use). Default 1 compile job (2-core machines
 // shared with other builds); CMAKE_BUILD_PARALLEL_LEVEL or --jobs for more.
 //
 // Verification: no absolute libtorch path in the binary, libtorch_cuda among its needed libraries for a CUDA
-// variant, then a test load through the loader (in a child: preload libtorch, require, info()) and a forward on
-// assets/tiny-bloom. A CUDA variant whose CUDA runtime libraries are missing here cannot be test-loaded: a warning.
+// variant, then a test load as the loader makes it (scripts/libtorch/test-load.js: in a child, preload libtorch,
+// require, info()) and a forward on assets/tiny-bloom. A CUDA variant whose CUDA runtime libraries are missing here cannot be test-loaded: a warning.
 
 const path = require('path');
 const fs = require('fs');
 const os = require('os');
 const crypto = require('crypto');
 const { spawn, spawnSync } = require('child_process');
-const lt = require('./libtorch.js');
+const lt = require('./libtorch/index.js');
 
 const ROOT = path.resolve(__dirname, '..');
 const BINARY_NAME = 'peft-node.napi.glibc.node';
@@ -60,28 +60,8 @@ function sh(cmd, args, opts = {}) {
   return r.status === 0 ? r.stdout.trim() : null;
 }
 
-/** dist/runtime/loader.js, compiled first when missing or older than its source. */
-function loaderModule() {
-  const js = path.join(ROOT, 'dist', 'runtime', 'loader.js');
-  const ts = path.join(ROOT, 'lib', 'runtime', 'loader.ts');
-  const mtime = (f) => {
-    try {
-      return fs.statSync(f).mtimeMs;
-    } catch {
-      return 0;
-    }
-  };
-  if (mtime(js) < mtime(ts)) {
-    log('compiling the TypeScript (dist/) for the loader');
-    const tsc = require.resolve('typescript/bin/tsc', { paths: [ROOT] });
-    const r = spawnSync(process.execPath, [tsc, '-p', 'tsconfig.build.json'], { cwd: ROOT, stdio: 'inherit' });
-    if (r.status !== 0) throw new Error('tsc -p tsconfig.build.json failed');
-  }
-  return require(js);
-}
-
 function variantDir(variant) {
-  return path.join(ROOT, 'prebuilds', `${process.platform}-${process.arch}-${variant}`);
+  return lt.prebuiltDir(ROOT, variant);
 }
 
 /** Which libtorch to build against. */
@@ -89,14 +69,8 @@ async function findLibtorch(args) {
   const explicit = process.env.PEFT_NODE_LIBTORCH || process.env.LIBTORCH;
   if (!explicit && args.variant !== 'cpu' && !args.version) {
     // Any complete cache entry of this CUDA variant (the local wheel store may have another version than the pin).
-    const cacheRoot = lt.defaultCacheRoot(process.env);
-    const found = (fs.existsSync(cacheRoot) ? fs.readdirSync(cacheRoot) : [])
-      .map((d) => /^(\d+)\.(\d+)\.(\d+)-(.+)$/.exec(d))
-      .filter((m) => m && m[4] === args.variant && fs.existsSync(path.join(cacheRoot, m[0], lt.MARKER)))
-      .filter((m) => Number(m[1]) === 2 && Number(m[2]) >= 11 && Number(m[2]) <= 14)
-      .sort((a, b) => Number(b[2]) - Number(a[2]) || Number(b[3]) - Number(a[3]));
-    if (found.length) {
-      const version = `${found[0][1]}.${found[0][2]}.${found[0][3]}`;
+    const [version] = lt.cachedVersions(lt.defaultCacheRoot(process.env), args.variant);
+    if (version) {
       log(`using the cached libtorch ${version}-${args.variant} (pass --version to choose)`);
       return lt.locateLibtorch({ variant: args.variant, version, allowFetch: false, log });
     }
@@ -142,9 +116,8 @@ function gitRevision() {
 /** --check: the prebuilt(s) exist and were built from the current native/ sources (prepublishOnly). Without an
  * explicit --variant: every variant directory present, and cpu at least. */
 function check(args, explicitVariant) {
-  const loader = loaderModule();
-  const here = loader.nativeSourceHash(ROOT);
-  const present = loader.prebuiltVariants(ROOT);
+  const here = lt.nativeSourceHash(ROOT);
+  const present = lt.prebuiltVariants(ROOT);
   const variants = explicitVariant ? [args.variant] : [...new Set(['cpu', ...present])];
   let bad = 0;
   for (const variant of variants) {
@@ -215,8 +188,7 @@ async function main(argv) {
   const jobs = args.jobs || Number(process.env.CMAKE_BUILD_PARALLEL_LEVEL) || 1;
   // What the binary is compiled from: hashed before the build, checked again after it (an edit during the build
   // would make a binary of neither version).
-  const loader = loaderModule();
-  const sourceHash = loader.nativeSourceHash(ROOT);
+  const sourceHash = lt.nativeSourceHash(ROOT);
   const cmakeJs = require.resolve('cmake-js/bin/cmake-js', { paths: [ROOT] });
   const common = ['--directory', ROOT, '--out', buildDir, `--CDTorch_DIR=${libtorch.torchDir}`, '--CDPEFT_NODE_PREBUILD=ON'];
   const tb = Date.now();
@@ -231,7 +203,7 @@ async function main(argv) {
       return 1;
     }
   }
-  if (loader.nativeSourceHash(ROOT) !== sourceHash) {
+  if (lt.nativeSourceHash(ROOT) !== sourceHash) {
     log('native/ changed during the build: the binary may mix two versions; run `npm run build:prebuilt` again');
     return 1;
   }
@@ -295,7 +267,7 @@ async function main(argv) {
   // 4. Test: load it as a user would (child process, libtorch preloaded, no RUNPATH) and run a forward.
   if (args.test) {
     const candidate = { kind: 'prebuilt', file: dest, preload: { ...libtorch, libDir: libtorch.libDir, source: libtorch.source }, expectVersion: libtorch.version, variant: args.variant };
-    const t = loader.testLoad(candidate, { root: ROOT, verdictDir: null });
+    const t = lt.testLoad(candidate, { verdictDir: null });
     if (!t.ok) {
       if (args.variant !== 'cpu') {
         log(`warning: the CUDA prebuilt cannot be test-loaded here: ${t.reason}`);
@@ -318,10 +290,9 @@ async function main(argv) {
 
 /** A forward with labels on the embedded tiny model, through the prebuilt, in a child process. */
 function forwardSmoke(file, libtorch) {
-  const loaderJs = path.join(ROOT, 'dist', 'runtime', 'loader.js');
   const script = `
-    const loader = require(${JSON.stringify(loaderJs)});
-    loader.preloadLibtorch(${JSON.stringify({ root: libtorch.root, libDir: libtorch.libDir, cuda: libtorch.cuda })});
+    const lt = require(${JSON.stringify(path.join(__dirname, 'libtorch', 'index.js'))});
+    lt.preloadLibtorch(${JSON.stringify({ root: libtorch.root, libDir: libtorch.libDir, cuda: libtorch.cuda })});
     const m = require(${JSON.stringify(file)});
     (async () => {
       const model = await m.BloomModel.load(${JSON.stringify(path.join(ROOT, 'assets', 'tiny-bloom'))}, 'cpu', 'float32');

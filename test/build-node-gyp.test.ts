@@ -1,5 +1,5 @@
 // Proves binding.gyp builds the real native sources with node-gyp and the result loads: a copy of the package
-// (binding.gyp, native/, scripts/*.js, package.json, node_modules symlink) in a temp dir, `node-gyp rebuild`, then
+// (binding.gyp, native/, scripts/*.js and scripts/libtorch/, package.json, node_modules symlink) in a temp dir, `node-gyp rebuild`, then
 // require() of build/Release/peft_node.node in a child process. Takes minutes (libtorch headers: ~35 s per
 // translation unit). PEFT_NODE_SKIP_GYP_TEST=1 skips it; PEFT_NODE_KEEP_GYP_TEST=1 keeps the temp dir.
 import * as fs from 'fs';
@@ -58,6 +58,7 @@ function nodedirArgs(): string[] {
         for (const f of fs.readdirSync(path.join(ROOT, 'scripts')).filter((n) => n.endsWith('.js'))) {
           fs.copyFileSync(path.join(ROOT, 'scripts', f), path.join(tmp, 'scripts', f));
         }
+        fs.cpSync(path.join(ROOT, 'scripts', 'libtorch'), path.join(tmp, 'scripts', 'libtorch'), { recursive: true });
         fs.symlinkSync(path.join(ROOT, 'node_modules'), path.join(tmp, 'node_modules'), 'dir');
 
         const jobs = Math.max(1, Math.min(os.availableParallelism(), Math.floor(os.totalmem() / (1.5 * 1024 ** 3))));

@@ -166,7 +166,7 @@ describe('locating libtorch at run time (no fetch)', () => {
 
     // A half-fetched cache (no completion marker) is not used.
     const cacheDir = fakeLibtorch(path.join(tmp, 'cache', 'libtorch', '2.13.0-cpu'));
-    expect(locateLibtorchFor('2.13.0', 'cpu', { root, env }).tried.join('\n')).toMatch(/incomplete \(an interrupted fetch\)/);
+    expect(locateLibtorchFor('2.13.0', 'cpu', { root, env }).tried.join('\n')).toMatch(/incomplete \(no \.peft-node-complete\), a fetch was interrupted/);
     fs.writeFileSync(path.join(cacheDir, lt.MARKER), JSON.stringify({ version: '2.13.0', variant: 'cpu' }));
     expect(locateLibtorchFor('2.13.0', 'cpu', { root, env }).libtorch).toMatchObject({ source: 'cache', root: cacheDir });
 
@@ -290,6 +290,7 @@ describe('scripts/install.js: an install never strands the user', () => {
     const root = path.join(tmp, 'installed');
     fs.mkdirSync(path.join(root, 'scripts'), { recursive: true });
     for (const f of ['install.js', 'libtorch.js']) fs.copyFileSync(path.join(ROOT, 'scripts', f), path.join(root, 'scripts', f));
+    fs.cpSync(path.join(ROOT, 'scripts', 'libtorch'), path.join(root, 'scripts', 'libtorch'), { recursive: true });
     fs.cpSync(path.join(ROOT, 'dist'), path.join(root, 'dist'), { recursive: true });
     fs.cpSync(path.join(ROOT, 'native'), path.join(root, 'native'), { recursive: true });
     fs.copyFileSync(path.join(ROOT, 'package.json'), path.join(root, 'package.json'));

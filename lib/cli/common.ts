@@ -4,11 +4,11 @@
  * (a missing file is a PeftNodeError ERR_FILE_NOT_FOUND: exit code 1).
  */
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import type { Argv } from 'yargs';
 import { PeftNodeError } from '../errors';
 import type { AttnImplementation, FromPretrainedOptions } from '../models/bloom/modeling_bloom';
+import { cacheBase } from '../runtime/libtorch';
 import { PACKAGE_ROOT } from '../runtime/native';
 import { writeFileAtomic } from '../utils/fs_atomic';
 
@@ -79,12 +79,11 @@ export function apply_template(template: TemplateName, prompt: string): string {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// The cache: ${PEFT_NODE_CACHE:-${XDG_CACHE_HOME:-~/.cache}/peft-node} (the same base scripts/libtorch.js uses)
+// The cache: ${PEFT_NODE_CACHE:-${XDG_CACHE_HOME:-~/.cache}/peft-node} (scripts/libtorch/facts.js's cacheBase; libtorch
+// and the addon's test-load verdicts live below it too)
 
 export function cache_dir(env: NodeJS.ProcessEnv = process.env): string {
-  if (env.PEFT_NODE_CACHE) return path.resolve(env.PEFT_NODE_CACHE);
-  const base = env.XDG_CACHE_HOME || path.join(env.HOME || os.homedir(), '.cache');
-  return path.join(base, 'peft-node');
+  return cacheBase(env);
 }
 
 export function last_adapter_file(env: NodeJS.ProcessEnv = process.env): string {

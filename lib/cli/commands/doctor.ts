@@ -7,6 +7,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Argv } from 'yargs';
 import { addonReport } from '../../runtime/loader';
+import { locateLibtorch } from '../../runtime/libtorch';
 import { native } from '../../runtime/native';
 import { Args, PACKAGE_ROOT, cache_dir, last_adapter_file, out, read_last_adapter } from '../common';
 
@@ -33,22 +34,6 @@ function firstLine(err: unknown): string {
   return msg.split('\n')[0];
 }
 
-interface LibtorchScript {
-  locateLibtorch(opts: { allowFetch?: boolean; log?: (msg: string) => void }): Promise<{
-    root: string;
-    version: string;
-    fullVersion?: string;
-    variant: string;
-    cuda: boolean;
-    source: string;
-  }>;
-}
-
-export function libtorch_script(): LibtorchScript & { main(argv: string[]): Promise<number> } {
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
-  return require(path.join(PACKAGE_ROOT, 'scripts', 'libtorch.js'));
-}
-
 function readJsonMaybe(file: string): Record<string, unknown> | null {
   try {
     return JSON.parse(fs.readFileSync(file, 'utf8')) as Record<string, unknown>;
@@ -70,10 +55,9 @@ export async function handler(args: Args): Promise<number> {
     arch: process.arch,
   });
 
-  // libtorch, as scripts/libtorch.js would find it for a build (never fetching).
-  let located: Awaited<ReturnType<LibtorchScript['locateLibtorch']>> | undefined;
+  // libtorch, as a build would find it (scripts/libtorch/locate.js's order, never fetching).
   try {
-    located = await libtorch_script().locateLibtorch({ allowFetch: false, log: () => undefined });
+    const located = await locateLibtorch({ allowFetch: false, log: () => undefined });
     add('libtorch', 'ok', `${located.fullVersion ?? located.version} (${located.variant}) from ${located.source}: ${located.root}`, located);
   } catch (err) {
     const tried = (err as { tried?: unknown }).tried;

@@ -1,9 +1,9 @@
 /**
- * `peft-node libtorch locate|install`: scripts/libtorch.js (the locator `npm install` uses) as a subcommand.
+ * `peft-node libtorch locate|install`: scripts/libtorch.js's CLI (the locator `npm install` uses) as a subcommand.
  */
 import type { Argv } from 'yargs';
 import { Args, UsageError, string_flag } from '../common';
-import { libtorch_script } from './doctor';
+import { libtorchCli } from '../../runtime/libtorch';
 
 export const command = 'libtorch <action>';
 export const describe = 'Find libtorch as the build does (locate), or fetch it into the cache (install)';
@@ -38,5 +38,5 @@ export async function handler(args: Args): Promise<number> {
   } else if (args.json === true || args.print !== undefined || args.fetch === false) {
     throw new UsageError('--json, --print and --no-fetch apply to `libtorch locate`');
   }
-  return libtorch_script().main(argv);
+  return libtorchCli(argv);
 }
